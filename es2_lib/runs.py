@@ -1,0 +1,167 @@
+"""Run folders: one per params file, with a manifest, atomic writes and the stage-skip rule (DESIGN.md §4).
+
+`runs/<name>/` (moved by $ES2_RUNS_DIR) holds every stage's outputs and `manifest.json`: the params,
+package versions, git SHA, device, seed, and per stage its input key and wall time. Every file is written
+under a temporary name and renamed, so a crash never leaves a half-written result. A stage whose key (the
+hash of its params and inputs) equals the recorded one is current and can be skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .params import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["torch", "transformers", "peft", "gguf", "datasets", "scikit-learn", "numpy", "papermill"]
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("ES2_RUNS_DIR", ROOT / "runs")).expanduser()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def hash_files(paths: list[Path]) -> str:
+    """sha256 over the names and bytes of files (folders: every file below, sorted)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            digest.update(str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f.name).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def stage_key(params: dict[str, Any], inputs: list[str]) -> str:
+    """The hash that decides whether a stage must run again: its params and its inputs' hashes."""
+    blob = json.dumps({"params": params, "inputs": inputs}, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions, git SHA and hardware, for the manifest."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_sha": git_sha(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+class Run:
+    """The run folder of one params file and its manifest."""
+
+    def __init__(self, params: Params, root: Path | None = None):
+        self.params = params
+        self.dir = Path(root or runs_root()) / params.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.dir / "manifest.json"
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run folder (parents created)."""
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def manifest(self) -> dict[str, Any]:
+        return read_json(self.manifest_path) if self.manifest_path.exists() else {"stages": {}}
+
+    def _update(self, **fields: Any) -> dict[str, Any]:
+        manifest = self.manifest()
+        manifest.update(fields)
+        manifest.update(params=self.params.to_dict(), seed=self.params.seed, device=self.params.device,
+                        environment=environment())
+        write_json(self.manifest_path, manifest)
+        return manifest
+
+    def is_current(self, stage: str, key: str) -> bool:
+        """True when the stage finished before with the same key (its params and inputs unchanged)."""
+        done = self.manifest()["stages"].get(stage, {})
+        return done.get("status") == "done" and done.get("key") == key
+
+    def record_stage(self, stage: str, key: str, wall_s: float, status: str = "done", **extra: Any) -> None:
+        stages = self.manifest()["stages"]
+        stages[stage] = {"key": key, "status": status, "wall_s": round(wall_s, 2), "finished": time.time(), **extra}
+        self._update(stages=stages)
+
+    def record(self, section: str, values: dict[str, Any]) -> None:
+        """Store a stage's notable choices (e.g. the chosen layers) in the manifest."""
+        self._update(**{section: values})

@@ -1,0 +1,33 @@
+"""Shared fixtures: offline mode, a tiny random-weight chat model, and a scratch run folder."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+from es2_lib import models, params  # noqa: E402
+
+
+@pytest.fixture
+def tiny():
+    """A fresh 4-layer random-weight Qwen2 (hidden 64) and the embedded model's tokenizer."""
+    return models.load_model("tiny", dtype="float32", device="cpu", seed=0)
+
+
+@pytest.fixture
+def tiny_params(tmp_path, monkeypatch) -> params.Params:
+    """Params for the tiny model with a run folder under tmp_path."""
+    monkeypatch.setenv("ES2_RUNS_DIR", str(tmp_path / "runs"))
+    return params.from_mapping(dict(name="test", model="tiny", n_probe_train=8, n_es2_train=8, n_eval=4,
+                                    batch_size=4, max_new_tokens=8, bootstrap_samples=200))
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded default model (slow tier: builds its cache on first use)."""
+    return models.load_model("embedded", dtype="float32", device="cpu")
