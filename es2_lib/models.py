@@ -233,3 +233,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def num_layers(model: nn.Module) -> int:
     return model.config.num_hidden_layers
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack (embeddings + blocks + final norm) and the lm_head of a causal LM, also inside a
+    peft wrapper, so callers can apply the 150k-wide head only at the positions they score (DESIGN.md §7)."""
+    return model.get_decoder(), model.get_output_embeddings()

@@ -1,6 +1,6 @@
 """Run folders: one per params file, with a manifest, atomic writes and the stage-skip rule (DESIGN.md §4).
 
-`runs/<name>/` (moved by $ES2_RUNS_DIR) holds every stage's outputs and `manifest.json`: the params,
+`runs/<name>/` (moved by $ES2_RUNS_DIR; published figures go to `figures/<name>/`, moved by $ES2_FIGURES_DIR) holds every stage's outputs and `manifest.json`: the params,
 package versions, git SHA, device, seed, and per stage its input key and wall time. Every file is written
 under a temporary name and renamed, so a crash never leaves a half-written result. A stage whose key (the
 hash of its params and inputs) equals the recorded one is current and can be skipped.
@@ -31,6 +31,11 @@ PACKAGES = ["torch", "transformers", "peft", "gguf", "datasets", "scikit-learn",
 
 def runs_root() -> Path:
     return Path(os.environ.get("ES2_RUNS_DIR", ROOT / "runs")).expanduser()
+
+
+def figures_root() -> Path:
+    """Where published figures and tables go: $ES2_FIGURES_DIR, else figures/ (committed)."""
+    return Path(os.environ.get("ES2_FIGURES_DIR", ROOT / "figures")).expanduser()
 
 
 @contextlib.contextmanager
@@ -134,6 +139,7 @@ class Run:
         self.dir = Path(root or runs_root()) / params.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.dir / "manifest.json"
+        self.figures_dir = figures_root() / params.name
 
     def path(self, *parts: str) -> Path:
         """A path inside the run folder (parents created)."""

@@ -1,0 +1,142 @@
+"""The one-command pipeline: run every numbered notebook of a params file with papermill (DESIGN.md §4).
+
+Stages run in order into the run folder. A stage is skipped when its key — the hash of the params its
+notebook declares, its cells' source, the library and data, and the keys of the stages it reads — equals
+the key recorded after its last successful run. A failing stage is named, marked failed in the manifest,
+and its partly executed notebook is kept in the run folder; rerunning resumes at the first stage that is
+not current. `publish=True` also writes the cleaned executed notebooks over notebooks/ for GitHub readers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import papermill
+
+from . import runs
+from .params import Params
+
+NOTEBOOKS = runs.ROOT / "notebooks"
+# Which earlier stages each stage reads; a stage not listed reads all earlier ones.
+DEPENDS = {
+    "01_probing": [],
+    "02_es2_training": ["01_probing"],
+    "03_embedding_attacks": ["01_probing", "02_es2_training"],
+    "04_prompt_attacks": ["02_es2_training"],
+    "05_capability": ["02_es2_training"],
+    "07_safety_subspaces": ["02_es2_training"],
+    "08_srr": ["02_es2_training", "04_prompt_attacks"],
+}
+PAPERMILL_METADATA = ("papermill", "execution")
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised; the message names the stage and where its partial notebook is."""
+
+
+def stages() -> list[Path]:
+    """The numbered stage notebooks, in order."""
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def source_hash(notebook: Path) -> str:
+    """Hash of a notebook's cell sources, ignoring outputs and papermill's injected parameters."""
+    nb = nbformat.read(notebook, as_version=4)
+    cells = [c.source for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()
+
+
+def declared_params(notebook: Path, params: Params) -> dict:
+    """The params keys the notebook's `parameters` cell declares, with this run's values."""
+    declared = papermill.inspect_notebook(str(notebook))
+    values = params.to_dict()
+    unknown = sorted(set(declared) - set(values))
+    if unknown:
+        raise StageFailed(f"{notebook.name}: parameters {unknown} are not keys of es2_lib/params.py")
+    return {k: values[k] for k in declared}
+
+
+def clean_notebook(path: Path) -> None:
+    """Strip papermill timing metadata and collapse carriage-return progress updates to their last state."""
+    nb = nbformat.read(path, as_version=4)
+    for key in PAPERMILL_METADATA:
+        nb.metadata.pop(key, None)
+    for cell in nb.cells:
+        for key in PAPERMILL_METADATA:
+            cell.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            cell.execution_count = None
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                out.text = "\n".join(line.rsplit("\r", 1)[-1] for line in out.text.split("\n"))
+    nbformat.write(nb, path)
+
+
+def run_pipeline(params: Params, only: list[str] | None = None, force: bool = False, publish: bool = False) -> dict:
+    """Run (or skip) every stage of `params`; return {stage: "ran" | "skipped"}."""
+    run = runs.Run(params)
+    shared_inputs = [runs.hash_files([runs.ROOT / "es2_lib"]), runs.hash_files([runs.ROOT / "data"])]
+    keys: dict[str, str] = {}
+    outcome: dict[str, str] = {}
+    env = {"ES2_PROGRESS_INTERVAL": os.environ.get("ES2_PROGRESS_INTERVAL", "60"), "MPLBACKEND": "agg"}
+    os.environ.update(env)
+    notebooks = stages()
+    for i, notebook in enumerate(notebooks, 1):
+        stage = notebook.stem
+        upstream = DEPENDS.get(stage, list(keys))
+        declared = declared_params(notebook, params)
+        keys[stage] = runs.stage_key(
+            declared, [source_hash(notebook), *shared_inputs, *(keys.get(s, "") for s in upstream)]
+        )
+        if only and stage not in only:
+            continue
+        if not force and run.is_current(stage, keys[stage]):
+            print(f"[{stage}] up to date, skipped", flush=True)
+            outcome[stage] = "skipped"
+            continue
+        out = run.path("notebooks", notebook.name)
+        print(f"[{stage}] running (stage {i} of {len(notebooks)})", flush=True)
+        run.record_stage(stage, keys[stage], wall_s=0.0, status="running")
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(out), parameters=declared, cwd=str(NOTEBOOKS),
+                progress_bar=False, log_output=False, kernel_name="python3",
+            )
+        except papermill.PapermillExecutionError as err:
+            run.record_stage(stage, keys[stage], time.perf_counter() - start, status="failed")
+            raise StageFailed(
+                f"stage {stage} failed in cell {err.cell_index}: {err.ename}: {err.evalue}\n"
+                f"its partly executed notebook is kept at {out}"
+            ) from err
+        wall = time.perf_counter() - start
+        clean_notebook(out)
+        if publish:
+            notebook.write_bytes(out.read_bytes())
+        run.record_stage(stage, keys[stage], wall)
+        print(f"[{stage}] done in {wall:.0f} s", flush=True)
+        outcome[stage] = "ran"
+    write_timings(run, run.figures_dir / "timings.md")
+    return outcome
+
+
+def write_timings(run: runs.Run, path: Path) -> None:
+    """A Markdown table of each stage's wall time on this machine, from the manifest."""
+    manifest = run.manifest()
+    env = manifest.get("environment", {})
+    hardware = env.get("cuda") or f"CPU, {env.get('cpu_count')} cores ({env.get('machine')})"
+    lines = [f"Wall time per stage of run `{run.params.name}` (model `{run.params.model}`, {hardware}, "
+             f"torch {env.get('packages', {}).get('torch')}).", "", "| stage | wall time (s) |", "|---|---:|"]
+    total = 0.0
+    for stage, info in sorted(manifest["stages"].items()):
+        lines.append(f"| {stage} | {info['wall_s']:.0f} |")
+        total += info["wall_s"]
+    lines.append(f"| **total** | **{total:.0f}** |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with runs.atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
