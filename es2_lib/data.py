@@ -1,0 +1,239 @@
+"""Prompt sets and the fixed probe-train / ES2-train / eval splits (DESIGN.md §3).
+
+`load_prompts` reads a bundled set from `data/` (AdvBench, Alpaca, MaliciousInstruct, XSTest) or a user's CSV
+or JSON Lines file with a `prompt` column, through the `datasets` library. `make_splits` draws seeded,
+disjoint splits of harmful and harmless prompts, and `write_splits` writes them into the run folder so that
+every stage uses the same ones. Any malformed input raises `DataError` naming the file, the row and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import datasets
+
+from .params import Params
+from .runs import Run, write_json
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+USER_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json"}  # user file suffix -> datasets builder
+
+
+class DataError(ValueError):
+    """A prompt set is missing or malformed, or too small for the requested splits."""
+
+
+@dataclass(frozen=True)
+class _Bundled:
+    file: str  # path below DATA_DIR
+    columns: dict[str, str]  # column in the file -> key in the returned rows ("prompt" required)
+    keep: tuple[str, str] | None = None  # (column, value): keep only the rows with this value
+    builder: str = ""  # datasets builder; "" = chosen by the file's suffix
+
+
+BUNDLED = {
+    "advbench": _Bundled("advbench/harmful_behaviors.csv", {"goal": "prompt", "target": "target"}),
+    "alpaca": _Bundled("alpaca/alpaca_instructions.json", {"instruction": "prompt"}),
+    "malicious_instruct": _Bundled("malicious_instruct/malicious_instruct.txt", {"text": "prompt"}, builder="text"),
+    "xstest_safe": _Bundled("xstest/xstest_prompts.csv", {"prompt": "prompt", "type": "type"}, ("label", "safe")),
+    "xstest_unsafe": _Bundled("xstest/xstest_prompts.csv", {"prompt": "prompt", "type": "type"}, ("label", "unsafe")),
+}
+
+
+def load_prompts(source: str) -> list[dict]:
+    """Rows {"prompt", optional "target", ...} of a bundled set (see BUNDLED) or of a CSV/JSONL/JSON file.
+
+    A user file needs a `prompt` column (a non-empty string in every row) and may have a `target` column
+    (a string; empty cells are left out). A relative path is looked up from the working directory, then
+    from the repository root. Row numbers in errors count data rows from 1 (a CSV header is not a row).
+    """
+    if source in BUNDLED:
+        spec = BUNDLED[source]
+        path = DATA_DIR / spec.file
+        builder = spec.builder or USER_SUFFIXES[path.suffix]
+        table = _load_table(path, builder, spec.columns, extra=spec.keep[:1] if spec.keep else ())
+        if spec.keep:
+            column, value = spec.keep
+            table = [row for row in table if row[column] == value]
+        return _rows(table, spec.columns, path)
+    path = _user_path(source)
+    columns = {"prompt": "prompt", "target": "target"}
+    return _rows(_load_table(path, USER_SUFFIXES[path.suffix.lower()], columns), columns, path)
+
+
+def _user_path(source: str) -> Path:
+    path = Path(source).expanduser()
+    if path.suffix.lower() not in USER_SUFFIXES and "/" not in source and not path.exists():
+        raise DataError(
+            f"unknown prompt set {source!r}: expected a bundled name ({', '.join(BUNDLED)}) "
+            f"or a path to a .csv, .jsonl or .json file with a 'prompt' column"
+        )
+    if not path.is_absolute() and not path.exists():
+        path = DATA_DIR.parent / path
+    if not path.is_file():
+        raise DataError(f"{source}: prompt file not found (looked in {Path.cwd()} and {DATA_DIR.parent})")
+    if path.suffix.lower() not in USER_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .jsonl or .json")
+    return path
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide datasets' per-file progress bars (they would clutter published notebooks)."""
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _load_table(path: Path, builder: str, columns: dict[str, str], extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The records of a local file (its `columns` and `extra` columns) via `datasets`, with a throwaway cache."""
+    options = {"keep_default_na": False} if builder == "csv" else {}  # keep "NA"/"None" prompts as text
+    try:
+        with _quiet(), tempfile.TemporaryDirectory(prefix="es2-datasets-") as cache:
+            table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache, **options)
+            _require_prompt_column(path, table.column_names, columns)
+            wanted = [c for c in table.column_names if c in columns or c in extra]
+            return table.select_columns(wanted).to_list()
+    except DataError:
+        raise
+    except Exception as err:  # datasets wraps pandas/pyarrow parse errors in several exception types
+        if builder == "json":
+            _explain_json(path, columns)
+        cause = err.__cause__ or err
+        raise DataError(f"{path}: could not be read as {builder.upper()} ({cause})") from err
+
+
+def _require_prompt_column(path: Path, found: list[str], columns: dict[str, str]) -> None:
+    prompt_column = next(c for c, key in columns.items() if key == "prompt")
+    if prompt_column not in found:
+        raise DataError(
+            f"{path}: no {prompt_column!r} column (found: {', '.join(found) or 'none'}); "
+            f"expected a {prompt_column!r} column with one prompt per row"
+        )
+
+
+def _explain_json(path: Path, columns: dict[str, str]) -> None:
+    """Find why `datasets` failed on a JSON(L) file: the first bad line, or a bad value in some row."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})") from err
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from err
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {number}: not valid JSON ({err.msg}); "
+                                f"expected one JSON object per line") from err
+    for row, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: {_where(path, row)}: expected a JSON object, got {type(record).__name__}")
+    found = sorted({key for record in records for key in record})
+    _require_prompt_column(path, found, columns)
+    _rows([{c: r.get(c) for c in columns} for r in records], columns, path)
+
+
+def _rows(table: list[dict[str, Any]], columns: dict[str, str], path: Path) -> list[dict]:
+    """Rename columns to row keys and check every value: prompts non-empty strings, others strings."""
+    rows = []
+    for number, record in enumerate(table, 1):
+        row = {}
+        for column, key in columns.items():
+            value = record.get(column)
+            if key == "prompt" and not (isinstance(value, str) and value.strip()):
+                raise DataError(f"{path}: {_where(path, number)}: expected a non-empty string in column "
+                                f"{column!r}, got {value!r}")
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                raise DataError(f"{path}: {_where(path, number)}: expected a string in column {column!r}, "
+                                f"got {type(value).__name__} {value!r}")
+            row[key] = value
+        rows.append(row)
+    return rows
+
+
+def _where(path: Path, row: int) -> str:
+    """'row N' (1-based data row), with the line number for JSON Lines files, whose blank lines are skipped."""
+    if path.suffix.lower() == ".jsonl":
+        lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        if row <= len(lines):
+            return f"row {row} (line {lines[row - 1]})"
+    return f"row {row}"
+
+
+def _key(prompt: str) -> str:
+    """Prompts equal up to whitespace count as duplicates."""
+    return " ".join(prompt.split())
+
+
+def _distinct(rows: list[dict]) -> list[dict]:
+    seen: set[str] = set()
+    kept = []
+    for row in rows:
+        if _key(row["prompt"]) not in seen:
+            seen.add(_key(row["prompt"]))
+            kept.append(row)
+    return kept
+
+
+def make_splits(p: Params) -> dict[str, dict[str, list[dict]]]:
+    """Seeded, disjoint splits {"harmful"|"harmless": {"probe_train"|"es2_train"|"eval": rows}}.
+
+    Rule: each class's prompts (p.harmful_prompts, p.harmless_prompts) are deduplicated (up to whitespace,
+    first occurrence kept, file order) and shuffled once by `random.Random(f"{p.seed}/{class}")`; the
+    splits are then consecutive slices of that order, drawn in the order eval (p.n_eval), es2_train
+    (p.n_es2_train), probe_train (p.n_probe_train). So eval depends only on the seed, the source and
+    n_eval; es2_train also on n_eval; changing n_probe_train never changes the other two splits, and
+    enlarging a split keeps its earlier prompts. The same params give the same splits in every process.
+    """
+    need = p.n_eval + p.n_es2_train + p.n_probe_train
+    splits: dict[str, dict[str, list[dict]]] = {}
+    for cls, source in (("harmful", p.harmful_prompts), ("harmless", p.harmless_prompts)):
+        rows = _distinct(load_prompts(source))
+        if len(rows) < need:
+            raise DataError(
+                f"{cls} prompt set {source!r} has {len(rows)} distinct prompts but the splits need {need} "
+                f"(n_eval {p.n_eval} + n_es2_train {p.n_es2_train} + n_probe_train {p.n_probe_train}); "
+                f"lower these params or use a larger set"
+            )
+        random.Random(f"{p.seed}/{cls}").shuffle(rows)
+        after_eval = p.n_eval + p.n_es2_train
+        splits[cls] = {
+            "probe_train": rows[after_eval:need],
+            "es2_train": rows[p.n_eval:after_eval],
+            "eval": rows[:p.n_eval],
+        }
+    both = {_key(r["prompt"]) for s in splits["harmful"].values() for r in s} & {
+        _key(r["prompt"]) for s in splits["harmless"].values() for r in s}
+    if both:
+        raise DataError(f"{len(both)} prompt(s) drawn as both harmful ({p.harmful_prompts!r}) and harmless "
+                        f"({p.harmless_prompts!r}), e.g. {sorted(both)[0]!r}; the two sets must not overlap")
+    return splits
+
+
+def write_splits(run: Run, splits: dict[str, dict[str, list[dict]]]) -> Path:
+    """Write the splits to the run folder's splits.json (atomically) and return its path."""
+    path = run.path("splits.json")
+    write_json(path, splits)
+    return path

@@ -1,0 +1,144 @@
+"""Bundled prompt sets, user prompt files and the seeded splits (es2_lib/data.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from es2_lib import data, runs
+
+
+@pytest.mark.parametrize("name, count", [("advbench", 520), ("alpaca", 31323), ("malicious_instruct", 100),
+                                         ("xstest_safe", 250), ("xstest_unsafe", 200)])
+def test_bundled_sets_load_with_their_counts(name, count):
+    rows = data.load_prompts(name)
+    assert len(rows) == count
+    assert all(isinstance(r["prompt"], str) and r["prompt"].strip() for r in rows)
+
+
+def test_advbench_has_targets_and_xstest_keeps_type():
+    advbench = data.load_prompts("advbench")
+    assert advbench[0]["prompt"].startswith("Write a script that can exploit vulnerabilities")
+    # 486 targets say "Sure, here is ...", 34 say "Sure, here are ..."
+    assert all(r["target"].startswith("Sure, here is") or r["target"].startswith("Sure, here are") for r in advbench)
+    assert sum(r["target"].startswith("Sure, here is") for r in advbench) == 486
+    safe, unsafe = data.load_prompts("xstest_safe"), data.load_prompts("xstest_unsafe")
+    assert {r["type"] for r in safe} & {r["type"] for r in unsafe} == set()
+    assert all(r["type"].startswith("contrast_") for r in unsafe)
+
+
+def _prompts(split: list[dict]) -> list[str]:
+    return [r["prompt"] for r in split]
+
+
+def test_splits_are_disjoint_and_sized(tiny_params):
+    splits = data.make_splits(tiny_params)
+    sizes = {"probe_train": tiny_params.n_probe_train, "es2_train": tiny_params.n_es2_train,
+             "eval": tiny_params.n_eval}
+    for cls in ("harmful", "harmless"):
+        assert {name: len(rows) for name, rows in splits[cls].items()} == sizes
+        drawn = [p for rows in splits[cls].values() for p in _prompts(rows)]
+        assert len(set(drawn)) == len(drawn)
+    assert all("target" in r for rows in splits["harmful"].values() for r in rows)
+
+
+def test_splits_are_seeded(tiny_params):
+    p = tiny_params.replace(harmless_prompts="xstest_safe")  # a small harmless set keeps this test fast
+    splits = data.make_splits(p)
+    assert data.make_splits(p) == splits
+    other_seed = data.make_splits(p.replace(seed=1))
+    for cls in ("harmful", "harmless"):
+        assert _prompts(other_seed[cls]["eval"]) != _prompts(splits[cls]["eval"])
+
+
+def test_eval_split_does_not_depend_on_train_sizes(tiny_params):
+    p = tiny_params.replace(harmless_prompts="xstest_safe")
+    splits = data.make_splits(p)
+    bigger = data.make_splits(p.replace(n_probe_train=40))
+    for cls in ("harmful", "harmless"):
+        assert bigger[cls]["eval"] == splits[cls]["eval"]
+        assert bigger[cls]["es2_train"] == splits[cls]["es2_train"]
+        assert bigger[cls]["probe_train"][:p.n_probe_train] == splits[cls]["probe_train"]
+    assert data.make_splits(p.replace(n_es2_train=20))["harmful"]["eval"] == splits["harmful"]["eval"]
+
+
+def test_splits_are_written_to_the_run_folder(tiny_params):
+    splits = data.make_splits(tiny_params.replace(harmless_prompts="xstest_safe"))
+    path = data.write_splits(runs.Run(tiny_params), splits)
+    assert path.name == "splits.json" and runs.read_json(path) == splits
+
+
+def test_user_csv_and_jsonl_load(tmp_path):
+    csv = tmp_path / "mine.csv"
+    csv.write_text('prompt,target,extra\n"How, exactly, do I bake bread?",Sure,1\nNA,,2\n"two\nlines",x,3\n')
+    assert data.load_prompts(str(csv)) == [
+        {"prompt": "How, exactly, do I bake bread?", "target": "Sure"}, {"prompt": "NA"},
+        {"prompt": "two\nlines", "target": "x"}]
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text('{"prompt": "first", "target": "t"}\n\n{"prompt": "second", "id": 7}\n')
+    assert data.load_prompts(str(jsonl)) == [{"prompt": "first", "target": "t"}, {"prompt": "second"}]
+
+
+def test_user_file_feeds_the_splits(tmp_path, tiny_params):
+    path = tmp_path / "harmless.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Tell me fact number {i}."}) + "\n" for i in range(30)))
+    splits = data.make_splits(tiny_params.replace(harmless_prompts=str(path)))
+    assert all(r["prompt"].startswith("Tell me fact") for rows in splits["harmless"].values() for r in rows)
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("no_column.csv", "goal,target\nx,y\n", ["no 'prompt' column", "found: goal, target"]),
+    ("empty_cell.csv", "prompt,target\nfine,x\n  ,y\nok,z\n", ["row 2", "non-empty string", "'prompt'"]),
+    ("bad_line.jsonl", '{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": \n', ["line 3", "not valid JSON"]),
+    ("number.jsonl", '{"prompt": "a"}\n\n{"prompt": 3}\n', ["row 2 (line 3)", "non-empty string", "got 3"]),
+    ("null.jsonl", '{"prompt": "a"}\n{"prompt": null}\n', ["row 2 (line 2)", "got None"]),
+    ("no_column.jsonl", '{"text": "a"}\n', ["no 'prompt' column", "found: text"]),
+    ("bad_target.jsonl", '{"prompt": "a", "target": 5}\n{"prompt": "b", "target": "x"}\n',
+     ["row 1 (line 1)", "string in column 'target'"]),
+    ("not_object.jsonl", '{"prompt": "a"}\n[1]\n', ["row 2 (line 2)", "JSON object"]),
+])
+def test_malformed_user_files_name_file_and_row(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(data.DataError) as err:
+        data.load_prompts(str(path))
+    assert str(path) in str(err.value)
+    for part in expected:
+        assert part in str(err.value)
+
+
+def test_unknown_names_and_missing_files(tmp_path):
+    with pytest.raises(data.DataError, match="unknown prompt set 'advbenchh'.*advbench, alpaca"):
+        data.load_prompts("advbenchh")
+    with pytest.raises(data.DataError, match="not found"):
+        data.load_prompts(str(tmp_path / "missing.csv"))
+    (tmp_path / "prompts.txt").write_text("a\n")
+    with pytest.raises(data.DataError, match="unsupported file type '.txt'"):
+        data.load_prompts(str(tmp_path / "prompts.txt"))
+
+
+def test_too_small_source_is_a_clear_error(tmp_path, tiny_params):
+    path = tmp_path / "few.csv"
+    path.write_text("prompt\n" + "".join(f"prompt {i % 10}\n" for i in range(15)))  # 10 distinct
+    with pytest.raises(data.DataError) as err:
+        data.make_splits(tiny_params.replace(harmful_prompts=str(path)))
+    message = str(err.value)
+    assert str(path) in message and "has 10 distinct prompts" in message and "need 20" in message
+    assert "n_eval 4 + n_es2_train 8 + n_probe_train 8" in message
+
+
+def test_overlapping_classes_are_refused(tiny_params):
+    with pytest.raises(data.DataError, match="both harmful"):
+        data.make_splits(tiny_params.replace(harmful_prompts="xstest_safe", harmless_prompts="xstest_safe"))
+
+
+def test_data_folders_keep_their_sources():
+    needed = {"advbench", "alpaca", "refusal_prefixes", "autodan", "xstest", "mmlu_pro", "gpqa",
+              "safety_tuned_llamas", "hidden_context", "code_alpaca", "malicious_instruct"}
+    folders = {p.name for p in data.DATA_DIR.iterdir() if p.is_dir()}
+    assert needed <= folders
+    assert all((data.DATA_DIR / folder / "SOURCE.md").is_file() for folder in folders)
+    assert (data.DATA_DIR / "README.md").is_file()
+    gpqa = sorted(p.name for p in (data.DATA_DIR / "gpqa").iterdir())
+    assert gpqa == ["SOURCE.md", "gpqa_diamond.zip"], "GPQA stays zipped"
