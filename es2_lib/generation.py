@@ -1,0 +1,75 @@
+"""Batched greedy generation of responses, the input to every refusal and coherence metric (DESIGN.md §5, §7).
+
+Prompts are sorted by token length so each left-padded batch wastes little padding (DESIGN.md §7), generated
+greedily, decoded without the prompt and special tokens, and returned in the caller's order. Works on plain
+and peft-wrapped causal language models. Optionally samples several responses per prompt at a temperature (for
+SRR's candidate lists), running each prompt's forward once and sharing its KV cache among the samples.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from es2_lib.models import chat_prompt, decoder_and_head
+from es2_lib.progress import progress as progress_bar
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    chat: bool = True,
+    progress: bool = False,
+    temperature: float = 0.0,
+    num_return_sequences: int = 1,
+    seed: int = 0,
+) -> list[str]:
+    """Greedy responses to `prompts` (wrapped in the chat template when `chat`), stripped, in input order.
+
+    With `temperature` > 0: `num_return_sequences` samples per prompt by plain temperature sampling (no top-k or
+    top-p, whatever the model's generation_config says), seeded by `seed`; prompt-major, so the samples of
+    prompt i are at [i * n, (i + 1) * n)."""
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"generate needs max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
+    if temperature < 0 or num_return_sequences < 1 or (temperature == 0 and num_return_sequences > 1):
+        raise ValueError(f"generate needs temperature >= 0 and num_return_sequences >= 1 (1 when greedy), got "
+                         f"{temperature}, {num_return_sequences}")
+    n = num_return_sequences
+    decoding = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
+        dict(do_sample=False)
+    if tokenizer.padding_side != "left":
+        raise ValueError("generate needs a left-padded tokenizer (models.load_model returns one)")
+    texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=not chat)["input_ids"]] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory errors show at once
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    responses: list[str] = [""] * (len(texts) * n)
+    with torch.inference_mode(), torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for batch in progress_bar(batches, desc="generate") if progress else batches:
+            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
+                            add_special_tokens=not chat).to(model.device)
+            inputs = _shared_prefix(model, enc, n) if n > 1 else dict(enc)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, **decoding,
+                                 pad_token_id=tokenizer.pad_token_id)  # [batch * n, prompt + new], prompt-major
+            new_tokens = out[:, enc["input_ids"].shape[1]:]
+            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for row, i in enumerate(batch):
+                responses[i * n:(i + 1) * n] = [text.strip() for text in decoded[row * n:(row + 1) * n]]
+    return responses
+
+
+def _shared_prefix(model: PreTrainedModel, enc, n: int) -> dict:
+    """Inputs for `n` samples per prompt that run the prompt's forward once (DESIGN.md §7): all but the last prompt
+    token go through the model once, their KV cache is repeated n times, and generate continues from there."""
+    ids, mask = enc["input_ids"], enc["attention_mask"]  # [batch, width], left-padded
+    prefix_mask = mask[:, :-1]
+    decoder, _ = decoder_and_head(model)  # no lm_head: only the cache is needed
+    cache = decoder(input_ids=ids[:, :-1], attention_mask=prefix_mask, use_cache=True,
+                    position_ids=(prefix_mask.long().cumsum(-1) - 1).clamp(min=0)).past_key_values
+    cache.batch_repeat_interleave(n)
+    return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
+            "past_key_values": cache}
