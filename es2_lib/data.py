@@ -237,3 +237,40 @@ def write_splits(run: Run, splits: dict[str, dict[str, list[dict]]]) -> Path:
     path = run.path("splits.json")
     write_json(path, splits)
     return path
+
+
+# --- instruction -> response pairs for fine-tuning (issue 8, safety subspaces) ----------------------------------------
+
+PAIRS = {  # name -> (file below DATA_DIR, which response of hidden_context's [safe, unsafe] list; None = Code Alpaca)
+    "code_alpaca": ("code_alpaca/code_alpaca_2k.json", None),
+    "hidden_context_unsafe": ("hidden_context/jailbroken_responses.jsonl", 1),
+    "hidden_context_safe": ("hidden_context/jailbroken_responses.jsonl", 0),
+}
+
+
+def load_pairs(name: str) -> list[dict]:
+    """Rows {"prompt", "response"} of a bundled fine-tuning set (see PAIRS), in file order, without rows whose
+    prompt or response is empty.
+
+    Code Alpaca: the instruction and its input (if any), separated by a blank line, and the output.
+    hidden_context: the jailbreak prompt without its "Human:" / "Assistant:" frame (our chat template replaces
+    it) and its unsafe (GPT-4, jailbroken) or safe (Claude v1.3) response."""
+    if name not in PAIRS:
+        raise DataError(f"unknown fine-tuning set {name!r}; expected one of {', '.join(PAIRS)}")
+    file, which = PAIRS[name]
+    path = DATA_DIR / file
+    if which is None:
+        table = _load_table(path, "json", {"instruction": "prompt", "input": "input", "output": "response"})
+        pairs = [{"prompt": "\n\n".join(filter(None, [r["instruction"].strip(), (r.get("input") or "").strip()])),
+                  "response": r["output"]} for r in table]
+    else:
+        table = _load_table(path, "json", {"prompt": "prompt", "responses": "responses"})
+        pairs = [{"prompt": _strip_frame(r["prompt"]), "response": r["responses"][which]} for r in table]
+    return [pair for pair in pairs if pair["prompt"] and (pair["response"] or "").strip()]  # 2 Code Alpaca outputs are empty
+
+
+def _strip_frame(prompt: str) -> str:
+    """'Human: <text>\\n\\nAssistant:' -> '<text>' (Anthropic's HH format; other text is returned stripped)."""
+    text = prompt.strip()
+    text = text.removeprefix("Human:").strip()
+    return text.removesuffix("Assistant:").strip()

@@ -26,12 +26,14 @@ def generate(
     temperature: float = 0.0,
     num_return_sequences: int = 1,
     seed: int = 0,
-) -> list[str]:
+    return_logprobs: bool = False,
+) -> list[str] | tuple[list[str], list[list[float]]]:
     """Greedy responses to `prompts` (wrapped in the chat template when `chat`), stripped, in input order.
 
     With `temperature` > 0: `num_return_sequences` samples per prompt by plain temperature sampling (no top-k or
     top-p, whatever the model's generation_config says), seeded by `seed`; prompt-major, so the samples of
-    prompt i are at [i * n, (i + 1) * n)."""
+    prompt i are at [i * n, (i + 1) * n). With `return_logprobs`: also, per response, the log-probability under the
+    model (raw logits, before temperature) of each generated token that is not a special token."""
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"generate needs max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
     if temperature < 0 or num_return_sequences < 1 or (temperature == 0 and num_return_sequences > 1):
@@ -47,19 +49,29 @@ def generate(
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory errors show at once
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     responses: list[str] = [""] * (len(texts) * n)
+    logprobs: list[list[float]] = [[] for _ in responses]
+    special = torch.tensor(tokenizer.all_special_ids, device=model.device)
     with torch.inference_mode(), torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
         for batch in progress_bar(batches, desc="generate") if progress else batches:
             enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
                             add_special_tokens=not chat).to(model.device)
             inputs = _shared_prefix(model, enc, n) if n > 1 else dict(enc)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, **decoding,
-                                 pad_token_id=tokenizer.pad_token_id)  # [batch * n, prompt + new], prompt-major
-            new_tokens = out[:, enc["input_ids"].shape[1]:]
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, **decoding, pad_token_id=tokenizer.pad_token_id,
+                                 return_dict_in_generate=return_logprobs, output_logits=return_logprobs)
+            sequences = out.sequences if return_logprobs else out  # [batch * n, prompt + new], prompt-major
+            new_tokens = sequences[:, enc["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for row, i in enumerate(batch):
                 responses[i * n:(i + 1) * n] = [text.strip() for text in decoded[row * n:(row + 1) * n]]
-    return responses
+            if return_logprobs:
+                chosen = torch.stack([step.float().log_softmax(-1).gather(1, new_tokens[:, t, None])[:, 0]
+                                      for t, step in enumerate(out.logits)], 1)  # [batch * n, new]
+                kept = ~torch.isin(new_tokens, special)
+                for row, i in enumerate(batch):
+                    for j in range(n):
+                        logprobs[i * n + j] = chosen[row * n + j][kept[row * n + j]].tolist()
+    return (responses, logprobs) if return_logprobs else responses
 
 
 def _shared_prefix(model: PreTrainedModel, enc, n: int) -> dict:

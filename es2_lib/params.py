@@ -67,15 +67,75 @@ class Params:
     es2_checkpoint_every: int = 10  # steps between resumable checkpoints (0 = none)
 
     # --- capability (issue 6) --------------------------------------------------------------------------
-    mmlu_pro_per_category: int = 5  # MMLU-Pro questions per category (14 categories), seeded; 0 = all 12,032
-    gpqa_n: int = 40  # GPQA diamond questions, seeded subset; 0 = all 198
+    mmlu_pro_per_category: int = 3  # MMLU-Pro questions per category (14 categories), seeded; 0 = all 12,032
+    gpqa_n: int = 20  # GPQA diamond questions, seeded subset; 0 = all 198
     capability_answer_prefix: str = "The answer is ("  # assistant text before the scored option letter ("" = none)
     capability_generate: bool = False  # also answer by greedy generation, read with MMLU-Pro's answer extraction
     capability_max_new_tokens: int = 32  # response length for generated answers and for XSTest responses
     capability_batch_size: int = 8  # questions or prompts per forward pass / generation batch in stage 05
     capability_margin: float = 0.02  # the paper's "comparable capability": ES2 at most this far below base
-    xstest_n_safe: int = 50  # XSTest safe prompts for over-refusal, seeded subset; 0 = all 250
-    xstest_n_unsafe: int = 25  # XSTest unsafe prompts for refusal, seeded subset; 0 = all 200
+    xstest_n_safe: int = 40  # XSTest safe prompts for over-refusal, seeded subset; 0 = all 250
+    xstest_n_unsafe: int = 20  # XSTest unsafe prompts for refusal, seeded subset; 0 = all 200
+    # --- embedding attacks (issue 4) -----------------------------------------------------------------
+    n_attack: int = 12  # harmful prompts attacked per (model, attack): the first n_attack of the eval split
+    repe_layers: list[int] = dataclasses.field(default_factory=list)  # RepE: decoder layers steered; empty = the band repe_depth
+    repe_depth: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.75])  # RepE: band [from, to] as fractions of depth L
+    repe_coeffs: list[float] = dataclasses.field(default_factory=lambda: [-0.05, -0.1, -0.2])  # RepE sweep: add coeff x (base mean state norm) x unit direction (harmless->harmful)
+    soft_prompt_tokens: int = 20  # soft prompt: control embeddings after the instruction
+    soft_prompt_steps: int = 12  # soft prompt: maximum signed-gradient steps (stops once the target is reproduced)
+    soft_prompt_step_size: float = 0.01  # soft prompt: step alpha of c <- c - alpha * sign(grad)
+    scav_p0: float = 0.001  # SCAV: move a state where P(harmful) > P0 until P(harmful) = P0
+    scav_p1: float = 0.9  # SCAV: only at layers whose held-out probe accuracy > P1
+    # --- SRR (issue 9): Safety Representation Ranking, Du et al. 2025 -------------------------------------
+    srr_sources: list[Literal["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"]] = dataclasses.field(
+        default_factory=lambda: ["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"])  # harmful prompt sources: probe_train split, eval split, hidden-context jailbreaks, notebook 04's attack prompts (skipped when absent)
+    srr_n_per_source: int = 12  # prompts per source, seeded subset (0 = all)
+    srr_train_per_source: int = 6  # prompts per source whose lists train the ranker (the paper uses 50); the rest test it
+    srr_n_xstest: int = 12  # XSTest safe prompts for over-refusal (lists never trained on), seeded subset; 0 = all 250
+    srr_max_prompt_tokens: int = 256  # leave out prompts longer than this in the chat template (long jailbreak templates); 0 = no limit
+    srr_k: int = 4  # candidate responses sampled per prompt
+    srr_temperature: float = 1.0  # sampling temperature (plain temperature sampling: no top-k or top-p)
+    srr_max_new_tokens: int = 32  # candidate length in tokens
+    srr_safe: Literal["refused", "harm_free"] = "refused"  # ranking label "safe": refused (keyword judge), or refused or incoherent
+    srr_layer: int = -1  # feature layer; -1 = L // 4, the top of the bottom quarter of the layers (the paper's choice)
+    srr_ablation_depths: list[float] = dataclasses.field(default_factory=lambda: [0.125, 0.25, 0.5, 0.75, 1.0])  # layer ablation (base model): layers at these fractions of depth L; empty = none
+    srr_hidden: int = 64  # width of the ranker's one-layer transformer encoder
+    srr_heads: int = 4  # attention heads of that layer (must divide srr_hidden)
+    srr_tau: float = 0.1  # temperature of the listwise softmax: score = cosine / tau
+    srr_steps: int = 200  # full-batch Adam steps on the training lists
+    srr_lr: float = 1e-3  # Adam learning rate
+    srr_likelihood: Literal["mean", "total"] = "mean"  # baseline "model's own pick": highest mean log-prob per token, or highest total
+    # --- prompt attacks (issue 5): GCG and AutoDAN-HGA. Defaults are the tiny CPU budget; paper budgets in the GPU files
+    n_prompt_attack: int = 8  # harmful prompts attacked by GCG and AutoDAN: the first of the eval split
+    gcg_steps: int = 6  # GCG: maximum steps per prompt (paper: 500; the CPU default is far smaller)
+    gcg_topk: int = 64  # GCG: candidate tokens per suffix position, by the one-hot gradient (paper: 256)
+    gcg_search_width: int = 16  # GCG: single-token swaps scored per step (paper: 512)
+    gcg_suffix_tokens: int = 20  # GCG: adversarial suffix length in tokens, initialised to "! ! ..."
+    gcg_batch_size: int = 4  # GCG: candidates per forward pass, sorted by swapped position (smaller: more cache reuse; larger: better GPU use)
+    gcg_check_every: int = 3  # GCG: steps between success checks (short greedy response, keyword judge); stops at the first success
+    autodan_population: int = 6  # AutoDAN: templates per generation (paper: 256)
+    autodan_steps: int = 2  # AutoDAN: maximum generations per prompt (paper: 100)
+    autodan_elite_frac: float = 0.05  # AutoDAN: share of elites kept unchanged (at least one; paper: 0.05)
+    autodan_crossover: float = 0.5  # AutoDAN: crossover probability per parent pair, and word-replacement probability per word
+    autodan_mutation: float = 0.01  # AutoDAN: probability that a child is mutated (LLM-free synonym replacement)
+    autodan_crossover_every: int = 5  # AutoDAN: sentence-level crossover every this many generations, word-level otherwise
+    autodan_check_every: int = 1  # AutoDAN: generations between success checks; stops at the first success
+    attack_check_tokens: int = 32  # new tokens of the greedy response of a success check
+    # --- safety subspaces (issue 8): Ponkshe et al. 2025's tests on our models, turned on ES2 ----------------
+    subspace_sft_steps: int = 8  # useful (Code Alpaca) and harmful (hidden_context unsafe) fine-tunes: steps each, adapter as es2_adapter
+    subspace_sft_batch_size: int = 2  # pairs per fine-tuning step (also of the benign fine-tune)
+    subspace_sft_lr: float = 1e-3  # AdamW learning rate (constant) of every fine-tune of this stage
+    subspace_sft_response_tokens: int = 32  # response tokens scored per pair (cross-entropy on the response only)
+    subspace_sft_prompt_tokens: int = 96  # only pairs whose chat prompt has at most this many tokens are drawn
+    subspace_energy_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9, 0.99])  # energy a basis captures, for MSO
+    subspace_projection_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.25, 0.5, 0.75, 0.99])  # k = ceil(fraction x rank) of ES2's singular directions
+    subspace_eval_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.99])  # projection fractions whose projected models are evaluated (subset of the above)
+    subspace_n_eval_dsr: int = 8  # harmful eval prompts (the first of the eval split) for the DSRs of this stage
+    subspace_max_new_tokens: int = 24  # greedy response length for the DSRs of this stage
+    subspace_mmlu_per_category: int = 1  # MMLU-Pro questions per category (14 categories) for each evaluated model
+    subspace_n_activation: int = 24  # harmful (AdvBench, not ES2-trained) and useful (Code Alpaca) prompts each, for activation MSO
+    subspace_activation_depth: list[float] = dataclasses.field(default_factory=lambda: [0.65, 0.9])  # decoder layers at these fractions of depth
+    subspace_benign_ft_steps: int = 8  # benign Code Alpaca fine-tune of the ES2 model: steps of subspace_sft_batch_size pairs
     @classmethod
     def field_types(cls) -> dict[str, Any]:
         """Resolved type hint of every field."""
@@ -176,6 +236,58 @@ def _check_ranges(p: Params, source: str) -> None:
             raise ParamsError(f"{source}: key {key!r} expects a positive int, got {getattr(p, key)!r}")
     if not 0.0 <= p.capability_margin < 1.0:
         raise ParamsError(f"{source}: key 'capability_margin' expects a float in [0, 1), got {p.capability_margin!r}")
+    for key in ["n_attack", "soft_prompt_tokens", "soft_prompt_steps"]:  # embedding attacks (issue 4)
+        if getattr(p, key) <= 0:
+            raise ParamsError(f"{source}: key {key!r} expects a positive int, got {getattr(p, key)!r}")
+    if len(p.repe_depth) != 2 or not 0.0 <= p.repe_depth[0] <= p.repe_depth[1] <= 1.0:
+        raise ParamsError(f"{source}: key 'repe_depth' expects [from, to] with 0 <= from <= to <= 1, got {p.repe_depth!r}")
+    if not p.repe_coeffs:
+        raise ParamsError(f"{source}: key 'repe_coeffs' expects at least one coefficient")
+    if p.soft_prompt_step_size <= 0:
+        raise ParamsError(f"{source}: key 'soft_prompt_step_size' expects a positive float, got {p.soft_prompt_step_size!r}")
+    for key in ["scav_p0", "scav_p1"]:
+        if not 0.0 < getattr(p, key) < 1.0:
+            raise ParamsError(f"{source}: key {key!r} expects a probability in (0, 1), got {getattr(p, key)!r}")
+    for key in ["n_prompt_attack", "gcg_steps", "gcg_topk", "gcg_search_width", "gcg_suffix_tokens",  # prompt attacks (issue 5)
+                "gcg_batch_size", "gcg_check_every", "autodan_population", "autodan_steps", "autodan_crossover_every",
+                "autodan_check_every", "attack_check_tokens"]:
+        if getattr(p, key) <= 0:
+            raise ParamsError(f"{source}: key {key!r} expects a positive int, got {getattr(p, key)!r}")
+    for key in ["autodan_elite_frac", "autodan_crossover", "autodan_mutation"]:
+        if not 0.0 <= getattr(p, key) <= 1.0:
+            raise ParamsError(f"{source}: key {key!r} expects a probability in [0, 1], got {getattr(p, key)!r}")
+    if p.autodan_population < 2:
+        raise ParamsError(f"{source}: key 'autodan_population' expects at least 2, got {p.autodan_population!r}")
+    for key in ["subspace_sft_steps", "subspace_sft_batch_size", "subspace_sft_response_tokens",  # safety subspaces (issue 8)
+                "subspace_sft_prompt_tokens", "subspace_n_eval_dsr", "subspace_max_new_tokens",
+                "subspace_mmlu_per_category", "subspace_n_activation", "subspace_benign_ft_steps"]:
+        if getattr(p, key) <= 0:
+            raise ParamsError(f"{source}: key {key!r} expects a positive int, got {getattr(p, key)!r}")
+    if p.subspace_sft_lr <= 0:
+        raise ParamsError(f"{source}: key 'subspace_sft_lr' expects a positive float, got {p.subspace_sft_lr!r}")
+    for key in ["subspace_energy_fractions", "subspace_projection_fractions", "subspace_eval_fractions"]:
+        if (key != "subspace_eval_fractions" and not getattr(p, key)) or not all(0 < f <= 1 for f in getattr(p, key)):
+            raise ParamsError(f"{source}: key {key!r} expects fractions in (0, 1], got {getattr(p, key)!r}")
+    if not set(p.subspace_eval_fractions) <= set(p.subspace_projection_fractions):
+        raise ParamsError(f"{source}: key 'subspace_eval_fractions' must be a subset of 'subspace_projection_fractions', "
+                          f"got {p.subspace_eval_fractions!r} and {p.subspace_projection_fractions!r}")
+    if len(p.subspace_activation_depth) != 2 or not 0.0 <= p.subspace_activation_depth[0] <= p.subspace_activation_depth[1] <= 1.0:
+        raise ParamsError(f"{source}: key 'subspace_activation_depth' expects [from, to] with 0 <= from <= to <= 1, "
+                          f"got {p.subspace_activation_depth!r}")
+    for key in ["srr_k", "srr_max_new_tokens", "srr_hidden", "srr_heads", "srr_steps"]:  # SRR (issue 9)
+        if getattr(p, key) <= 0:
+            raise ParamsError(f"{source}: key {key!r} expects a positive int, got {getattr(p, key)!r}")
+    for key in ["srr_n_per_source", "srr_train_per_source", "srr_n_xstest", "srr_max_prompt_tokens"]:
+        if getattr(p, key) < 0:
+            raise ParamsError(f"{source}: key {key!r} expects a non-negative int, got {getattr(p, key)!r}")
+    for key in ["srr_temperature", "srr_tau", "srr_lr"]:
+        if getattr(p, key) <= 0:
+            raise ParamsError(f"{source}: key {key!r} expects a positive number, got {getattr(p, key)!r}")
+    if p.srr_k < 2 or p.srr_hidden % p.srr_heads or p.srr_layer < -1 or not p.srr_sources:
+        raise ParamsError(f"{source}: SRR needs srr_k >= 2 (got {p.srr_k}), srr_heads dividing srr_hidden (got "
+                          f"{p.srr_heads}, {p.srr_hidden}), srr_layer >= -1 (got {p.srr_layer}) and some srr_sources")
+    if not all(0.0 < d <= 1.0 for d in p.srr_ablation_depths):
+        raise ParamsError(f"{source}: key 'srr_ablation_depths' expects fractions in (0, 1], got {p.srr_ablation_depths!r}")
     if not 0.0 < p.confidence < 1.0:
         raise ParamsError(f"{source}: key 'confidence' expects a float in (0, 1), got {p.confidence!r}")
 

@@ -43,11 +43,21 @@ def check_layers(model: nn.Module, layers: Iterable[int]) -> list[int]:
     return [int(layer) for layer in layers]
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device | str) -> BatchEncoding:
+def _texts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str] | None) -> list[str]:
+    """Each prompt in the chat template with the generation prompt, followed by its response when given."""
+    texts = [models.chat_prompt(tokenizer, prompt) for prompt in prompts]
+    if responses is None:
+        return texts
+    return [text + response for text, response in zip(texts, responses, strict=True)]
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device | str,
+                   responses: list[str] | None = None) -> BatchEncoding:
     """Chat-format the user prompts (with the generation prompt) and tokenize them as one padded batch.
 
-    The tokenizer from `models.load_model` pads on the left, so position -1 is every row's last prompt token."""
-    texts = [models.chat_prompt(tokenizer, prompt) for prompt in prompts]
+    The tokenizer from `models.load_model` pads on the left, so position -1 is every row's last prompt token
+    (with `responses`: each prompt is followed by its response, and position -1 is the response's last token)."""
+    texts = _texts(tokenizer, prompts, responses)
     return tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(device)
 
 
@@ -108,21 +118,24 @@ def last_token_states(
     layers: list[int],
     batch_size: int = 8,
     progress: bool = False,
+    responses: list[str] | None = None,
 ) -> torch.Tensor:
     """Last-prompt-token states of many prompts: float32 on CPU, [n, len(layers), hidden], no grad.
 
+    With `responses` (one per prompt): the states at the last token of each response after its chat prompt.
     Prompts are batched by token length (less padding) and returned in the input order. The model is used in
     whatever mode it is in (`models.load_model` returns it in eval mode)."""
     layers = check_layers(model, layers)
     device = model.get_input_embeddings().weight.device
-    texts = [models.chat_prompt(tokenizer, prompt) for prompt in prompts]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    texts = _texts(tokenizer, prompts, responses)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: memory peaks early
     states = torch.empty(len(prompts), len(layers), model.config.hidden_size)  # [n, layers, hidden]
     starts = range(0, len(prompts), batch_size)
     with torch.inference_mode():
         for start in progress_bar(starts, desc="hidden states") if progress else starts:
             index = order[start:start + batch_size]
-            batch = encode_prompts(tokenizer, [prompts[i] for i in index], device)
+            batch = encode_prompts(tokenizer, [prompts[i] for i in index], device,
+                                   None if responses is None else [responses[i] for i in index])
             states[index] = last_token_hidden(model, batch, layers).float().cpu()
     return states

@@ -150,13 +150,10 @@ class Run:
     def manifest(self) -> dict[str, Any]:
         return read_json(self.manifest_path) if self.manifest_path.exists() else {"stages": {}}
 
-    def _update(self, **fields: Any) -> dict[str, Any]:
+    def _update(self, **fields: Any) -> None:
         manifest = self.manifest()
         manifest.update(fields)
-        manifest.update(params=self.params.to_dict(), seed=self.params.seed, device=self.params.device,
-                        environment=environment())
         write_json(self.manifest_path, manifest)
-        return manifest
 
     def is_current(self, stage: str, key: str) -> bool:
         """True when the stage finished before with the same key (its params and inputs unchanged)."""
@@ -164,9 +161,12 @@ class Run:
         return done.get("status") == "done" and done.get("key") == key
 
     def record_stage(self, stage: str, key: str, wall_s: float, status: str = "done", **extra: Any) -> None:
+        """Record a stage's outcome with the run's full params, seed, device and environment (the pipeline
+        calls this; notebooks only see the params they declare)."""
         stages = self.manifest()["stages"]
         stages[stage] = {"key": key, "status": status, "wall_s": round(wall_s, 2), "finished": time.time(), **extra}
-        self._update(stages=stages)
+        self._update(stages=stages, params=self.params.to_dict(), seed=self.params.seed, device=self.params.device,
+                     environment=environment())
 
     def record(self, section: str, values: dict[str, Any]) -> None:
         """Store a stage's notable choices (e.g. the chosen layers) in the manifest."""

@@ -116,4 +116,27 @@ def test_smoke_pipeline_end_to_end(tmp_path):
 
 def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     """Assert on what each stage wrote (not just that it ran)."""
-    assert (figures_dir / "timings.md").exists()
+    smoke = params.load(ROOT / "params" / "smoke.yaml")
+    read = lambda *parts: json.loads(run_dir.joinpath(*parts).read_text())  # noqa: E731
+    layers = read("01_probing", "layers.json")
+    assert layers["es2_layers"] and all(0 <= layer <= 4 for layer in layers["es2_layers"])
+    assert len(layers["accuracy"]) == 5  # layers 0..4 of the tiny model
+    assert (run_dir / "02_es2_training" / "adapter" / "adapter_config.json").exists()
+    no_attack = read("02_es2_training", "eval.json")
+    assert {m: no_attack[m]["dsr"]["n"] for m in ("base", "es2")} == {"base": smoke.n_eval, "es2": smoke.n_eval}
+    assert len(runs.read_jsonl(run_dir / "02_es2_training" / "log.jsonl")) >= 1
+    embedding = read("03_embedding_attacks", "results.json")
+    for model in ("base", "es2"):
+        assert {"repe", "soft_prompt", "scav"} <= set(embedding[model])
+        assert all(0 <= e["summary"]["dsr"]["value"] <= 1 for e in embedding[model].values())
+    prompt = read("04_prompt_attacks", "results.json")["entries"]
+    assert {(e["model"], e["attack"]) for e in prompt} >= {(m, a) for m in ("base", "es2") for a in ("gcg", "autodan")}
+    capability = read("05_capability", "results.json")
+    assert {"mmlu_pro", "gpqa", "xstest", "harmless"} <= set(capability["base"]) and "difference" in capability
+    subspaces = read("07_safety_subspaces", "results.json")
+    assert subspaces["weight_mso"] and subspaces["sample_sizes"]["dsr_prompts"] > 0
+    srr = read("08_srr", "results.json")
+    assert set(srr["models"]) == {"base", "es2"}
+    for table in ("table_1_dsr", "table_2_capability"):
+        assert (figures_dir / f"{table}.csv").exists() and (figures_dir / f"{table}.md").read_text().strip()
+    assert len(list(figures_dir.glob("*.png"))) >= 5 and (figures_dir / "timings.md").exists()
