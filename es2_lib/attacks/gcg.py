@@ -1,0 +1,310 @@
+"""GCG: greedy coordinate gradient search for an adversarial suffix (Zou et al. 2023, Algorithm 1; DESIGN.md §6).
+
+A suffix of `n_tokens` tokens, initialised to "! ! …", is appended to a harmful instruction and optimised so
+that the model's cross-entropy on a target answer ("Sure, here is …") falls. Each step takes the gradient of
+that loss with respect to the one-hot suffix, draws `search_width` single-token swaps from the top-k tokens
+of each position, drops swaps whose prompt does not re-tokenise to the same tokens, scores the rest in
+batches and keeps the best (the current suffix counts as a candidate, so the loss never rises).
+
+Speed (DESIGN.md §7): the KV cache of the fixed prompt before the suffix is computed once; a candidate
+that swaps position i also reuses the current suffix's cache up to i (candidates are sorted by position);
+the 150k-wide head is applied only at the target positions. `target_losses` is the one scoring function of
+both prompt attacks: AutoDAN's fitness uses it too.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from ..generation import generate
+from ..judges import is_refusal
+from ..models import chat_prompt, decoder_and_head
+from ..params import Params
+from ..progress import progress
+from . import Outcome
+
+KV = list[tuple[Tensor, Tensor]]  # per decoder layer: keys and values [batch, kv_heads, length, head_dim]
+MARK = "<<es2-attack-slot>>"  # where the attacked text goes in the chat template
+
+
+# --- the prompt around the attacked text ------------------------------------------------------------
+
+def chat_around(tokenizer: PreTrainedTokenizerBase, user_before: str = "") -> tuple[str, str]:
+    """The chat-template text before and after the attacked part of the user turn, whose content is
+    `user_before` + attacked text; the `after` text ends with the generation prompt."""
+    text = chat_prompt(tokenizer, user_before + MARK)
+    if text.count(MARK) != 1:
+        raise ValueError(f"the chat template of {tokenizer.name_or_path!r} does not keep the user text verbatim")
+    before, after = text.split(MARK)
+    return before, after
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, text: str, device: torch.device | str = "cpu") -> Tensor:
+    """Token ids of a piece of chat text (special-token strings parsed, none added). [length]"""
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def allowed_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Tensor:
+    """Tokens a suffix may use: printable ASCII text, no special tokens, inside the embedding matrix
+    (as nanoGCG's `allow_non_ascii=False`). Decoding the vocabulary takes a second, so it is cached. [vocab]"""
+    n = min(len(tokenizer), vocab_size)
+    texts = tokenizer.batch_decode(torch.arange(n)[:, None])
+    allowed = torch.zeros(vocab_size, dtype=torch.bool)
+    allowed[:n] = torch.tensor([bool(t) and t.isascii() and t.isprintable() for t in texts])
+    allowed[[i for i in tokenizer.all_special_ids if i < vocab_size]] = False
+    return allowed
+
+
+# --- scoring: target cross-entropy with a cached prefix ---------------------------------------------
+
+def prefix_kv(model: nn.Module, ids: Tensor) -> KV:
+    """The KV cache of a fixed token prefix [length], batch 1, without gradients."""
+    decoder, _ = decoder_and_head(model)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        decoder(input_ids=ids[None], past_key_values=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache(model: nn.Module, kv: KV, batch: int, length: int) -> DynamicCache:
+    """A fresh cache holding the first `length` positions of `kv`, expanded to `batch` rows. Forward calls
+    append to a DynamicCache in place, so every call gets its own and `kv` itself is never changed."""
+    data = [(k[:, :, :length].expand(batch, -1, -1, -1), v[:, :, :length].expand(batch, -1, -1, -1)) for k, v in kv]
+    return DynamicCache(ddp_cache_data=data, config=model.config)
+
+
+def target_losses(
+    model: nn.Module, kv: KV, kv_length: int, rows: Tensor, lengths: Tensor, n_target: int,
+    embeds: Tensor | None = None,
+) -> Tensor:
+    """Mean cross-entropy of the last `n_target` real tokens of each row, after the first `kv_length` cached
+    positions. `rows` [batch, width] are right-padded token ids and `lengths` [batch] their real lengths
+    (right padding needs no attention mask under a causal mask). `embeds` [batch, width, hidden], when
+    given, replace the rows' embeddings (for the gradient). The head runs only at the target positions. [batch]"""
+    decoder, lm_head = decoder_and_head(model)
+    batch = rows.shape[0]
+    past = _cache(model, kv, batch, kv_length) if kv_length > 0 else None
+    inputs = dict(inputs_embeds=embeds) if embeds is not None else dict(input_ids=rows)
+    hidden = decoder(**inputs, past_key_values=past, use_cache=past is not None).last_hidden_state  # [b, width, h]
+    offsets = torch.arange(n_target, device=rows.device)
+    predict_at = (lengths - n_target - 1)[:, None] + offsets  # [b, n_target]: positions predicting the targets
+    states = hidden.gather(1, predict_at[..., None].expand(-1, -1, hidden.shape[-1]))  # [b, n_target, h]
+    logits = lm_head(states).float()  # [b, n_target, vocab]
+    targets = rows.gather(1, predict_at + 1)  # [b, n_target]
+    return _cross_entropy(logits, targets).mean(1)
+
+
+def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-token cross-entropy [...] of logits [..., vocab]: logsumexp minus the target logit, which reads the
+    vocabulary once instead of materialising log-softmax."""
+    return torch.logsumexp(logits, -1) - logits.gather(-1, targets[..., None])[..., 0]
+
+
+def respond(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ids: Tensor, max_new_tokens: int) -> str:
+    """Greedy response to one tokenised chat prompt [length], for the success checks."""
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids[None]), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+
+
+# --- GCG -----------------------------------------------------------------------------------------
+
+@dataclass
+class AttackResult:
+    """One attacked prompt: the adversarial user message and how the search went."""
+    instruction: str
+    attack_prompt: str  # the user message to send: instruction + adversarial text
+    losses: list[float] = field(default_factory=list)  # best target CE after each step (index 0: before any)
+    success_step: int | None = None  # first checked step whose short greedy response the keyword judge passes
+    check_response: str = ""  # that short response (or the last checked one)
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses) - 1
+
+
+class GCG:
+    """The state of one GCG search: the token pieces of the prompt, the current suffix and its loss."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, instruction: str, target: str,
+                 n_tokens: int = 20, topk: int = 256, search_width: int = 512, batch_size: int = 128, seed: int = 0):
+        self.model, self.tokenizer = model, tokenizer
+        self.topk, self.search_width, self.batch_size = topk, search_width, batch_size
+        device = next(model.parameters()).device
+        self.before_text, self.after_text = chat_around(tokenizer, instruction)
+        self.instruction = instruction
+        self.before = encode(tokenizer, self.before_text, device)
+        self.after = encode(tokenizer, self.after_text, device)
+        self.target = encode(tokenizer, target, device)
+        self.suffix = encode(tokenizer, " !" * n_tokens, device)  # "! ! …", through the tokenizer
+        if len(self.suffix) != n_tokens or not self._retokenises(self.suffix[None]).all():
+            raise ValueError(f"the initial suffix {' !' * n_tokens!r} is not {n_tokens} stable tokens for "
+                             f"{tokenizer.name_or_path!r}")
+        embeddings = model.get_input_embeddings().weight  # [vocab, hidden]
+        self.allowed = allowed_tokens(tokenizer, embeddings.shape[0]).to(device)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.kv_before = prefix_kv(model, self.before)
+        with torch.no_grad():
+            self.loss = self._score(self.suffix[None], torch.zeros(1, dtype=torch.long, device=device),
+                                    self._extend_kv(self.suffix))[0].item()
+
+    @property
+    def message(self) -> str:
+        """The user message: the instruction followed by the decoded suffix."""
+        return self.instruction + self.tokenizer.decode(self.suffix)
+
+    def prompt_ids(self) -> Tensor:
+        """The chat prompt's tokens, ending with the generation prompt. [length]"""
+        return torch.cat([self.before, self.suffix, self.after])
+
+    def _extend_kv(self, suffix: Tensor) -> KV:
+        """The KV cache of the prefix followed by `suffix` (no gradient)."""
+        cache = _cache(self.model, self.kv_before, 1, len(self.before))
+        with torch.no_grad():
+            decoder_and_head(self.model)[0](input_ids=suffix[None], past_key_values=cache, use_cache=True)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _token_gradient(self) -> tuple[Tensor, KV]:
+        """Gradient of the target CE w.r.t. the one-hot suffix [n_tokens, vocab], and the KV cache of
+        prefix + current suffix from the same forward pass."""
+        embed = self.model.get_input_embeddings()
+        one_hot = torch.zeros(len(self.suffix), embed.weight.shape[0], dtype=embed.weight.dtype,
+                              device=self.suffix.device)
+        one_hot.scatter_(1, self.suffix[:, None], 1.0)
+        one_hot.requires_grad_(True)
+        tail = torch.cat([self.after, self.target])
+        embeds = torch.cat([one_hot @ embed.weight, embed(tail)])[None]  # [1, suffix + after + target, hidden]
+        rows = torch.cat([self.suffix, tail])[None]
+        cache = _cache(self.model, self.kv_before, 1, len(self.before))
+        decoder, lm_head = decoder_and_head(self.model)
+        hidden = decoder(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
+        n_target = len(self.target)
+        logits = lm_head(hidden[0, -n_target - 1:-1]).float()  # [n_target, vocab]
+        loss = _cross_entropy(logits, rows[0, -n_target:]).mean()
+        grad = torch.autograd.grad(loss, one_hot)[0]
+        end = len(self.before) + len(self.suffix)
+        kv = [(layer.keys[:, :, :end].detach(), layer.values[:, :, :end].detach()) for layer in cache.layers]
+        return grad, kv
+
+    def _sample(self, grad: Tensor) -> Tensor:
+        """`search_width` single-token swaps: positions spread evenly over the suffix, each token drawn from
+        that position's top-k by negative gradient (Zou et al.'s sampler); duplicates and no-ops dropped."""
+        n_tokens = len(self.suffix)
+        scores = (-grad).masked_fill(~self.allowed, -torch.inf)  # [n_tokens, vocab]
+        top = scores.topk(self.topk, dim=1).indices  # [n_tokens, topk]
+        positions = torch.arange(self.search_width, device=grad.device) * n_tokens // self.search_width
+        picks = torch.randint(self.topk, (self.search_width,), generator=self.generator).to(grad.device)
+        candidates = self.suffix.repeat(self.search_width, 1)
+        candidates[torch.arange(self.search_width), positions] = top[positions, picks]
+        candidates = torch.unique(candidates, dim=0)
+        return candidates[(candidates != self.suffix).any(1)]
+
+    def _retokenises(self, candidates: Tensor) -> Tensor:
+        """Which candidates give back exactly their tokens when the whole chat prompt is re-tokenised from
+        text (so the prompt a user sends is the one optimised; implies the same suffix length). [n] bool"""
+        texts = [self.before_text + s + self.after_text for s in self.tokenizer.batch_decode(candidates)]
+        expected = torch.cat([self.before.expand(len(candidates), -1), candidates,
+                              self.after.expand(len(candidates), -1)], 1).cpu()
+        encoded = self.tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left",
+                                 return_tensors="pt")
+        same_length = encoded["attention_mask"].sum(1) == expected.shape[1]
+        width = min(expected.shape[1], encoded["input_ids"].shape[1])
+        same_ids = (encoded["input_ids"][:, -width:] == expected[:, -width:]).all(1)  # left-padded
+        return (same_length & same_ids).to(candidates.device)
+
+    def _score(self, candidates: Tensor, positions: Tensor, kv_suffix: KV) -> Tensor:
+        """Target CE of each candidate suffix [n, n_tokens], in batches of `batch_size` sorted by the first
+        swapped position so a batch recomputes only from its earliest swap onward. [n]"""
+        order = positions.argsort()
+        tail = torch.cat([self.after, self.target])
+        losses = torch.empty(len(candidates), device=candidates.device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            first = int(positions[index].min())
+            rows = torch.cat([candidates[index, first:], tail.expand(len(index), -1)], 1)
+            lengths = torch.full((len(index),), rows.shape[1], device=rows.device)
+            losses[index] = target_losses(self.model, kv_suffix, len(self.before) + first, rows, lengths,
+                                          len(self.target)).to(losses.dtype)
+        return losses
+
+    def step(self) -> float:
+        """One GCG iteration; returns the best loss so far (never higher than before the step)."""
+        grad, kv_suffix = self._token_gradient()
+        with torch.no_grad():
+            candidates = self._sample(grad)
+            candidates = candidates[self._retokenises(candidates)]
+            if len(candidates):
+                positions = (candidates != self.suffix).int().argmax(1)  # the swapped position of each
+                losses = self._score(candidates, positions, kv_suffix)
+                best = int(losses.argmin())
+                if losses[best].item() < self.loss:
+                    self.suffix, self.loss = candidates[best], losses[best].item()
+        return self.loss
+
+
+def run_gcg(model: nn.Module, tokenizer: PreTrainedTokenizerBase, instruction: str, target: str, steps: int,
+            n_tokens: int = 20, topk: int = 256, search_width: int = 512, batch_size: int = 128,
+            check_every: int = 10, check_tokens: int = 32, seed: int = 0, show_progress: bool = False) -> AttackResult:
+    """GCG on one instruction for up to `steps` steps. Every `check_every` steps (and before the first) a
+    short greedy response to the current prompt is judged by the keyword judge; the search stops at the
+    first response that is not a refusal."""
+    gcg = GCG(model, tokenizer, instruction, target, n_tokens, topk, search_width, batch_size, seed)
+    result = AttackResult(instruction, gcg.message, losses=[gcg.loss])
+    loop = range(steps + 1)
+    for step in progress(loop, desc="gcg") if show_progress else loop:
+        if step > 0:
+            result.losses.append(gcg.step())
+        if step % check_every == 0 or step == steps:
+            result.check_response = respond(model, tokenizer, gcg.prompt_ids(), check_tokens)
+            if not is_refusal(result.check_response):
+                result.success_step = step
+                break
+    result.attack_prompt = gcg.message
+    return result
+
+
+def outcome(attack: str, model: nn.Module, tokenizer: PreTrainedTokenizerBase, results: list[AttackResult],
+            budget: dict, p: Params, wall_s: float) -> Outcome:
+    """An `Outcome` of a prompt attack: greedy responses (p.max_new_tokens) to the adversarial prompts, the
+    budget, the size of the perturbation (mean tokens added to the instruction; prompt attacks have no L2), and
+    per prompt the search record (for responses.jsonl and the loss-curve figure)."""
+    responses = generate(model, tokenizer, [r.attack_prompt for r in results], p.max_new_tokens, p.batch_size)
+    extra = {"attack_prompt": [r.attack_prompt for r in results], "success_step": [r.success_step for r in results],
+             "steps": [r.steps for r in results], "final_loss": [r.final_loss for r in results],
+             "losses": [r.losses for r in results]}
+    added = [len(encode(tokenizer, r.attack_prompt)) - len(encode(tokenizer, r.instruction)) for r in results]
+    return Outcome(attack, "", responses, {"added_tokens": sum(added) / len(added)}, budget, round(wall_s, 2), extra)
+
+
+def search_summary(extra: dict) -> dict:
+    """Across prompts: the share whose search found a success, steps to first success (median over those that
+    did, and per prompt), and the final target loss (mean, and per prompt)."""
+    steps = [s for s in extra["success_step"] if s is not None]
+    losses = extra["final_loss"]
+    return {"success_rate": len(steps) / len(losses), "steps_to_success_median": float(torch.tensor(steps).median())
+            if steps else None, "steps_to_success": extra["success_step"], "final_loss_mean": sum(losses) / len(losses),
+            "final_loss": losses, "steps_run": extra["steps"]}
+
+
+def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], p: Params) -> Outcome:
+    """GCG on each harmful row {"prompt", "target"} with the budget of `p`, and the responses it obtains."""
+    start = time.perf_counter()
+    results = [run_gcg(model, tokenizer, row["prompt"], row["target"], p.gcg_steps, p.gcg_suffix_tokens, p.gcg_topk,
+                       p.gcg_search_width, p.gcg_batch_size, p.gcg_check_every, p.attack_check_tokens, p.seed + i)
+               for i, row in enumerate(progress(rows, desc="gcg prompts"))]
+    budget = {"steps": p.gcg_steps, "topk": p.gcg_topk, "search_width": p.gcg_search_width,
+              "suffix_tokens": p.gcg_suffix_tokens, "check_every": p.gcg_check_every,
+              "check_tokens": p.attack_check_tokens}
+    return outcome("gcg", model, tokenizer, results, budget, p, time.perf_counter() - start)

@@ -1,0 +1,99 @@
+"""SCAV attack (Xu et al. 2024, "Uncovering Safety Risks of Large Language Models through Concept Activation Vector";
+DESIGN.md §6): move the last-token state across the model's own linear harmfulness probes at every layer.
+
+Per layer l a logistic probe P(harmful | e) = σ(wᵀe + b) is fitted on the model under attack (probes.py; on the
+ES2 model it is fitted again, so the attack adapts). At every layer whose held-out probe accuracy exceeds P1 and
+where P(harmful | e) > P0, the last-position state gets the minimal L2 move that brings the probe to P0,
+ε = (logit(P0) − b − wᵀe) / ‖w‖ along w / ‖w‖. It acts in every forward pass inside `perturb`, so at every
+decoding step (with the KV cache, each step's new token is the last position); a move at layer l changes what
+the probes of later layers see, as in SCAV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from .. import probes as linear_probes
+from ..generation import generate
+from ..params import Params
+from . import Outcome, residual_edit
+
+
+def fit(harmful: torch.Tensor, harmless: torch.Tensor, layers: list[int], p: Params) -> dict[str, torch.Tensor]:
+    """Probes for `layers` from last-token states [n, len(layers), hidden] of each class: weight [len, hidden] and
+    bias [len] on the raw states (fitted on all states), accuracy [len] (held-out, by cross-validation), layers."""
+    fitted = linear_probes.fit_probes(harmful, harmless, C=p.probe_C, seed=p.seed)
+    accuracy = linear_probes.heldout_accuracy(harmful, harmless, folds=p.probe_folds, C=p.probe_C, seed=p.seed)
+    return {**fitted, "accuracy": accuracy, "layers": torch.tensor(layers)}
+
+
+def shift(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | float, p0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SCAV move of states [..., hidden] under one probe: states with P(harmful) > p0 go to exactly p0 along
+    the probe normal, the others stay. Returns (moved states, ‖ε‖ [...], 0 where nothing moved)."""
+    norm = weight.norm()
+    logit = states @ weight + bias  # [...]
+    eps = (math.log(p0 / (1 - p0)) - logit).clamp(max=0) / norm  # [...], signed: <= 0 moves against w
+    return states + eps[..., None] * (weight / norm), -eps
+
+
+@dataclass
+class Moves:
+    """The moves SCAV made inside `perturb`: per forward pass and layer, ‖ε‖ and the state norm of each row."""
+
+    prompt_eps: list[torch.Tensor] = field(default_factory=list)  # at the prompt's last token (the prefill pass)
+    prompt_norm: list[torch.Tensor] = field(default_factory=list)
+    step_eps: list[torch.Tensor] = field(default_factory=list)  # at each generated token
+
+    def summary(self) -> dict[str, float]:
+        """l2: mean ‖ε‖ over the (prompt, layer) moves at the prompt's last token; relative: the same over the state
+        norm; moved: share of (prompt, eligible layer) pairs that needed a move; l2_steps: mean ‖ε‖ of the moves at
+        generated tokens (finished rows of a batch included)."""
+        eps = torch.cat(self.prompt_eps) if self.prompt_eps else torch.zeros(0)
+        rel = eps / torch.cat(self.prompt_norm) if self.prompt_norm else torch.zeros(0)
+        steps = torch.cat(self.step_eps) if self.step_eps else torch.zeros(0)
+        moved, moved_steps = eps > 0, steps > 0
+        return {"l2": float(eps[moved].mean()) if moved.any() else 0.0,
+                "relative": float(rel[moved].mean()) if moved.any() else 0.0,
+                "moved": float(moved.float().mean()) if len(eps) else 0.0,
+                "l2_steps": float(steps[moved_steps].mean()) if moved_steps.any() else 0.0}
+
+
+@contextlib.contextmanager
+def perturb(model: nn.Module, probes: dict[str, torch.Tensor], p0: float, p1: float) -> Iterator[Moves]:
+    """Inside the block, every forward moves the last position's state at each layer whose probe accuracy > p1."""
+    moves = Moves()
+
+    def edit(weight: torch.Tensor, bias: torch.Tensor):
+        def apply(hidden: torch.Tensor) -> torch.Tensor:  # [batch, seq, hidden]
+            last = hidden[:, -1].float()
+            moved, eps = shift(last, weight.to(last.device), bias.to(last.device), p0)
+            if hidden.shape[1] > 1:  # the prefill pass: the prompt's last token
+                moves.prompt_eps.append(eps.cpu())
+                moves.prompt_norm.append(last.norm(dim=-1).cpu())
+            else:
+                moves.step_eps.append(eps.cpu())
+            hidden = hidden.clone()
+            hidden[:, -1] = moved.to(hidden.dtype)
+            return hidden
+        return apply
+
+    eligible = (probes["accuracy"] > p1).nonzero().flatten().tolist()
+    edits = {int(probes["layers"][i]): edit(probes["weight"][i].float(), probes["bias"][i].float()) for i in eligible}
+    with residual_edit(model, edits):
+        yield moves
+
+
+def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], probes: dict[str, torch.Tensor],
+           p: Params) -> Outcome:
+    """Greedy responses under SCAV; perturbation = Moves.summary (l2 = mean ‖ε‖ at the prompt's last token)."""
+    with perturb(model, probes, p.scav_p0, p.scav_p1) as moves:
+        responses = generate(model, tokenizer, prompts, p.max_new_tokens, p.batch_size, progress=True)
+    layers = probes["layers"][probes["accuracy"] > p.scav_p1].tolist()
+    return Outcome("scav", "", responses, moves.summary(), {"p0": p.scav_p0, "p1": p.scav_p1, "layers": layers})

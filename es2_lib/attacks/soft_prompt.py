@@ -1,0 +1,189 @@
+"""Soft-prompt attack (Schwinn et al. 2024, "Soft Prompt Threats: Attacking Safety Alignment and Unlearning in
+Open-Source LLMs through the Embedding Space"; DESIGN.md §6): optimise free control-token embeddings placed after
+the instruction so that the model starts its answer with an affirmative target ("Sure, here is ...").
+
+Per prompt, `n` control embeddings (initialised as the embedding of "!", like GCG's suffix) sit between the
+user's instruction and the rest of the chat template. They follow signed gradient descent on the cross-entropy
+of the target tokens, c ← c − α·sign(∇c CE), and a prompt stops once its target is reproduced by greedy decoding
+(teacher-forced argmax equals every target token, which is the same condition). Following DESIGN.md §7 the
+prompts are optimised in batches, the fixed prefix (template + instruction) is encoded once and reused as a KV
+cache, and the lm_head runs only at the target positions. The perturbation is the L2 drift of the control
+embeddings from their initial value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ..models import chat_prompt, decoder_and_head
+from ..params import Params
+from ..progress import progress as progress_bar
+from ..representations import position_ids
+from . import Outcome
+
+INIT_TEXT = "!"  # control tokens start as the embedding of this text's first token
+DEFAULT_TARGET = "Sure, here is"  # target of prompts without one (AdvBench rows carry their own)
+
+
+def split_chat(tokenizer: PreTrainedTokenizerBase, instruction: str) -> tuple[list[int], list[int]]:
+    """Token ids of the chat prompt before and after the end of the user's instruction (the control tokens go
+    between them); the second part ends with the generation prompt."""
+    text = chat_prompt(tokenizer, instruction)
+    end = text.rfind(instruction)
+    if end < 0:
+        raise ValueError(f"the chat template of {tokenizer.name_or_path!r} does not contain the instruction verbatim")
+    end += len(instruction)
+    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return encode(text[:end]), encode(text[end:])
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """No weight gradients inside the block (only the control embeddings are optimised)."""
+    flags = [(w, w.requires_grad) for w in model.parameters()]
+    try:
+        for w, _ in flags:
+            w.requires_grad_(False)
+        yield
+    finally:
+        for w, flag in flags:
+            w.requires_grad_(flag)
+
+
+def _pad(rows: list[list[int]], value: int, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [n, width], mask [n, width]) padded on the left or right."""
+    width = max(len(r) for r in rows)
+    pads = [[value] * (width - len(r)) for r in rows]
+    ids = [p + r if left else r + p for r, p in zip(rows, pads)]
+    mask = [[0] * len(p) + [1] * len(r) if left else [1] * len(r) + [0] * len(p) for r, p in zip(rows, pads)]
+    return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+
+
+def _optimize_batch(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str], control: torch.Tensor,
+    steps: int, step_size: float,
+) -> tuple[list[list[float]], list[int], list[bool]]:
+    """Optimise `control` [batch, n, hidden] (float32, updated in place). Returns per step the loss of every row
+    (a stopped row keeps its last loss), the steps each row took, and whether its target was reached."""
+    decoder, head = decoder_and_head(model)
+    embed = model.get_input_embeddings()
+    device, n_ctrl = embed.weight.device, control.shape[1]
+    parts = [split_chat(tokenizer, p) for p in prompts]
+    target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
+    prefix, prefix_mask = _pad([pre for pre, _ in parts], tokenizer.pad_token_id, True, device)  # [b, P]
+    tail, tail_mask = _pad([suf + tgt for (_, suf), tgt in zip(parts, target_ids)], tokenizer.pad_token_id, False, device)
+    target, target_mask = _pad(target_ids, tokenizer.pad_token_id, False, device)  # [b, T]
+    # the hidden state at full-rest position n + len(suffix) - 1 + j predicts target token j
+    target_pos = torch.tensor([[n_ctrl + len(suf) - 1 + j for j in range(target.shape[1])] for _, suf in parts],
+                              device=device).clamp(max=n_ctrl + tail.shape[1] - 1)
+    prefix_len = prefix_mask.sum(1)  # [b] real prefix tokens
+    active = torch.ones(len(prompts), dtype=torch.bool)
+    last_loss, used, reached, history = [float("nan")] * len(prompts), [steps] * len(prompts), [False] * len(prompts), []
+    cache, cached_rows = None, None
+    for step in range(steps):
+        rows = active.nonzero().flatten().to(device)
+        if cached_rows is None or not torch.equal(rows, cached_rows):  # (re)encode the fixed prefix of active rows
+            with torch.no_grad():
+                cache = decoder(input_ids=prefix[rows], attention_mask=prefix_mask[rows],
+                                position_ids=position_ids(prefix_mask[rows]), use_cache=True).past_key_values
+            cached_rows = rows
+        ctrl = control[rows.cpu()].to(device).requires_grad_(True)  # [b, n, hidden]
+        embeds = torch.cat([ctrl.to(embed.weight.dtype), embed(tail[rows])], dim=1)  # [b, n + tail, hidden]
+        mask = torch.cat([prefix_mask[rows], torch.ones_like(ctrl[..., 0], dtype=prefix_mask.dtype), tail_mask[rows]], 1)
+        positions = prefix_len[rows, None] + torch.arange(embeds.shape[1], device=device)
+        hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                         past_key_values=copy.deepcopy(cache), use_cache=True).last_hidden_state
+        at_targets = hidden.gather(1, target_pos[rows, :, None].expand(-1, -1, hidden.shape[-1]))  # [b, T, hidden]
+        logits = head(at_targets).float()  # [b, T, vocab]: only the target positions
+        valid = target_mask[rows].bool()
+        ce = F.cross_entropy(logits.transpose(1, 2), target[rows], reduction="none") * valid  # [b, T]
+        loss = ce.sum(1) / valid.sum(1)  # [b] mean CE per row
+        done = ((logits.argmax(-1) == target[rows]) | ~valid).all(1)  # greedy decoding reproduces the target
+        (grad,) = torch.autograd.grad(loss.sum(), ctrl)  # rows are independent: the sum gives each its own gradient
+        for i, row in enumerate(rows.tolist()):
+            last_loss[row] = float(loss[i].detach())
+            if done[i]:
+                active[row], used[row], reached[row] = False, step, True
+            else:
+                control[row] -= step_size * grad[i].sign().float().cpu()
+        history.append(list(last_loss))
+        if not active.any():
+            break
+    return history, used, reached
+
+
+def optimize(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str], n_tokens: int,
+    steps: int, step_size: float, batch_size: int = 8, progress: bool = False,
+) -> dict:
+    """Soft prompts for each prompt: {"control" [n, tokens, hidden], "init" [tokens, hidden] (float32, CPU),
+    "loss" [steps, n] (per step; a stopped prompt keeps its last loss), "steps" [n], "reached" [n]}."""
+    embed = model.get_input_embeddings()
+    init_id = tokenizer(INIT_TEXT, add_special_tokens=False)["input_ids"][0]
+    init = embed.weight[init_id].detach().float().cpu().expand(n_tokens, -1).clone()  # [tokens, hidden]
+    control = init.expand(len(prompts), -1, -1).clone()  # [n, tokens, hidden]
+    losses, used, reached = [], [], []
+    starts = range(0, len(prompts), batch_size)
+    with _frozen(model):
+        for start in progress_bar(starts, desc="soft prompt") if progress else starts:
+            chunk = slice(start, start + batch_size)
+            part = control[chunk]  # a view: updated in place
+            hist, u, r = _optimize_batch(model, tokenizer, prompts[chunk], targets[chunk], part, steps, step_size)
+            losses.append(torch.tensor(hist + [hist[-1]] * (steps - len(hist))))  # [steps, chunk]
+            used += u
+            reached += r
+    return {"control": control, "init": init, "loss": torch.cat(losses, 1), "steps": torch.tensor(used),
+            "reached": torch.tensor(reached)}
+
+
+@torch.inference_mode()
+def generate_with_control(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], control: torch.Tensor,
+    max_new_tokens: int, batch_size: int = 8,
+) -> list[str]:
+    """Greedy responses with each prompt's control embeddings [n, tokens, hidden] after its instruction."""
+    embed = model.get_input_embeddings()
+    device, dtype = embed.weight.device, embed.weight.dtype
+    pad = embed(torch.tensor([tokenizer.pad_token_id], device=device))[0]  # [hidden]
+    responses = []
+    for start in range(0, len(prompts), batch_size):
+        rows = []
+        for prompt, ctrl in zip(prompts[start:start + batch_size], control[start:start + batch_size]):
+            pre, suf = split_chat(tokenizer, prompt)
+            ids = lambda x: torch.tensor(x, device=device)  # noqa: E731
+            rows.append(torch.cat([embed(ids(pre)), ctrl.to(device, dtype), embed(ids(suf))]))  # [len, hidden]
+        width = max(len(r) for r in rows)
+        embeds = torch.stack([torch.cat([pad.expand(width - len(r), -1), r]) for r in rows])  # left-padded
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)  # [b, new]: only new tokens
+        responses += [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    return responses
+
+
+def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], p: Params) -> Outcome:
+    """Optimise soft prompts for harmful rows {"prompt", "target"} and generate. Perturbation: `l2` = mean L2 drift
+    of a control embedding from its initial value, `relative` = that over the mean token-embedding norm."""
+    prompts = [row["prompt"] for row in rows]
+    targets = [row.get("target", DEFAULT_TARGET) for row in rows]
+    result = optimize(model, tokenizer, prompts, targets, p.soft_prompt_tokens, p.soft_prompt_steps,
+                      p.soft_prompt_step_size, p.batch_size, progress=True)
+    responses = generate_with_control(model, tokenizer, prompts, result["control"], p.max_new_tokens, p.batch_size)
+    drift = (result["control"] - result["init"]).norm(dim=-1).mean(1)  # [n] mean over control tokens
+    token_norm = model.get_input_embeddings().weight.detach().float().norm(dim=-1).mean()
+    return Outcome(
+        "soft_prompt", "", responses,
+        {"l2": float(drift.mean()), "relative": float(drift.mean() / token_norm.cpu()),
+         "steps": float(result["steps"].float().mean()), "reached": float(result["reached"].float().mean()),
+         "loss_first": float(result["loss"][0].mean()), "loss_last": float(result["loss"][-1].mean())},
+        {"tokens": p.soft_prompt_tokens, "steps": p.soft_prompt_steps, "step_size": p.soft_prompt_step_size,
+         "default_targets": sum("target" not in row for row in rows)},
+        extra={"soft_prompt_steps": result["steps"].tolist(), "target_reached": result["reached"].tolist()},
+    )
