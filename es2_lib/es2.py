@@ -255,7 +255,8 @@ class ES2Trainer:
         self.step, self.log, self.stopped = 0, [], None
         self.previous = self._snapshot()  # weights before the last update: kept when the KL guard fires
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        training = {k: v for k, v in p.to_dict().items() if k.startswith(("es2_", "lora_"))}
+        training = {k: v for k, v in p.to_dict().items()  # more steps or other checkpoint spacing may resume
+                    if k.startswith(("es2_", "lora_")) and k not in ("es2_steps", "es2_checkpoint_every")}
         self.key = hashlib.sha256(json.dumps(  # a checkpoint resumes only the same training
             [training, p.kl_threshold, p.seed, p.model, p.dtype, self.layers, harmful, harmless]).encode()).hexdigest()
         self.resume()

@@ -44,9 +44,9 @@ def load_jailbroken(path: Path = JAILBROKEN_FILE) -> list[str]:
 
 
 def attack_prompts(rows: Sequence[dict], model: str) -> list[str]:
-    """Prompts of notebook 04's attack_prompts.jsonl meant for `model` ("base" or "es2"): rows with a "prompt" and,
-    when the row names one, the same "model"."""
-    return [row["prompt"] for row in rows if row.get("model", model) == model]
+    """The adversarial prompts ("attack_prompt") of notebook 04's attack_prompts.jsonl that were optimised against
+    `model` ("base" or "es2"), without repeats."""
+    return list(dict.fromkeys(row["attack_prompt"] for row in rows if row["model"] == model))
 
 
 def fit_length(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_tokens: int) -> list[str]:

@@ -106,7 +106,9 @@ def test_prompts_layers_and_splits(tiny):
     assert len(jailbroken) == 187 and not any(p.startswith("Human:") or p.endswith("Assistant:") for p in jailbroken)
     assert srr.default_layer(24) == 6 and srr.default_layer(2) == 1
     assert srr.ablation_layers([0.125, 0.25, 0.5, 1.0], 4) == [1, 2, 4]
-    assert srr.attack_prompts([{"prompt": "a", "model": "es2"}, {"prompt": "b"}], "base") == ["b"]
+    rows = [{"model": "es2", "attack": "gcg", "prompt": "a", "attack_prompt": "a !"},
+            {"model": "base", "attack": "gcg", "prompt": "b", "attack_prompt": "b ?"}]
+    assert srr.attack_prompts(rows, "base") == ["b ?"] and srr.attack_prompts(rows * 2, "es2") == ["a !"]
     p = make_params(srr_n_per_source=3, srr_max_prompt_tokens=60)
     chosen, sizes = srr.choose_prompts({"jailbroken": jailbroken[:20], srr.XSTEST: ["x"] * 5}, tokenizer, p)
     assert sizes["jailbroken"]["used"] == len(chosen["jailbroken"]) <= 3 and sizes["jailbroken"]["too_long"] > 0
