@@ -89,9 +89,9 @@ class Params:
     # --- SRR (issue 9): Safety Representation Ranking, Du et al. 2025 -------------------------------------
     srr_sources: list[Literal["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"]] = dataclasses.field(
         default_factory=lambda: ["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"])  # harmful prompt sources: probe_train split, eval split, hidden-context jailbreaks, notebook 04's attack prompts (skipped when absent)
-    srr_n_per_source: int = 12  # prompts per source, seeded subset (0 = all)
-    srr_train_per_source: int = 6  # prompts per source whose lists train the ranker (the paper uses 50); the rest test it
-    srr_n_xstest: int = 12  # XSTest safe prompts for over-refusal (lists never trained on), seeded subset; 0 = all 250
+    srr_n_per_source: int = 8  # prompts per source, seeded subset (0 = all)
+    srr_train_per_source: int = 4  # prompts per source whose lists train the ranker (the paper uses 50); the rest test it
+    srr_n_xstest: int = 8  # XSTest safe prompts for over-refusal (lists never trained on), seeded subset; 0 = all 250
     srr_max_prompt_tokens: int = 256  # leave out prompts longer than this in the chat template (long jailbreak templates); 0 = no limit
     srr_k: int = 4  # candidate responses sampled per prompt
     srr_temperature: float = 1.0  # sampling temperature (plain temperature sampling: no top-k or top-p)
