@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 EMBEDDED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 EMBEDDED_SIZE = 491_400_064
@@ -191,6 +192,7 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return (model in eval mode on `device`, tokenizer with left padding) for a model spec."""
     torch_dtype = DTYPES[dtype]
+    hf_logging.disable_progress_bar()  # loading takes seconds; its bar would only clutter the notebooks
     if spec == "embedded":
         model, tokenizer = _pretrained(prepare_embedded(), torch_dtype)
     elif spec == "tiny" or spec.startswith("random:"):

@@ -1,7 +1,8 @@
 """The one-command pipeline: run every numbered notebook of a params file with papermill (DESIGN.md §4).
 
 Stages run in order into the run folder. A stage is skipped when its key — the hash of the params its
-notebook declares, its cells' source, the library and data, and the keys of the stages it reads — equals
+notebook declares, its cells' source, the library modules it imports (directly or through other modules),
+the data, and the keys of the stages it reads — equals
 the key recorded after its last successful run. A failing stage is named, marked failed in the manifest,
 and its partly executed notebook is kept in the run folder; rerunning resumes at the first stage that is
 not current. `publish=True` also writes the cleaned executed notebooks over notebooks/ for GitHub readers.
@@ -9,6 +10,7 @@ not current. `publish=True` also writes the cleaned executed notebooks over note
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -51,6 +53,53 @@ def source_hash(notebook: Path) -> str:
     return hashlib.sha256(json.dumps(cells).encode()).hexdigest()
 
 
+def _imported_modules(tree: ast.AST, package: str) -> set[str]:
+    """Dotted names of the es2_lib modules (and names that may be submodules) that `tree` imports; relative
+    imports are resolved against `package`, the dotted package of the file the tree came from."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return {n for n in names if n == "es2_lib" or n.startswith("es2_lib.")}
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of a dotted es2_lib module name, or None when the name is not a module."""
+    path = runs.ROOT.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def library_files(notebook: Path) -> list[Path]:
+    """The es2_lib source files a notebook's code runs: the modules it imports and, transitively, theirs
+    (with each package's __init__), so editing one attack does not rerun the stages that never import it."""
+    code = "\n".join(c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code")
+    pending = _imported_modules(ast.parse(code), "")
+    files: set[Path] = set()
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        seen.add(name)
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a, a.b and a.b.c
+            path = _module_file(".".join(parts[:depth]))
+            if path is None or path in files:
+                continue
+            files.add(path)
+            package = ".".join(parts[:depth]) if path.name == "__init__.py" else ".".join(parts[:depth - 1])
+            pending |= _imported_modules(ast.parse(path.read_text()), package) - seen
+    return sorted(files)
+
+
 def declared_params(notebook: Path, params: Params) -> dict:
     """The params keys the notebook's `parameters` cell declares, with this run's values."""
     declared = papermill.inspect_notebook(str(notebook))
@@ -80,7 +129,7 @@ def clean_notebook(path: Path) -> None:
 def run_pipeline(params: Params, only: list[str] | None = None, force: bool = False, publish: bool = False) -> dict:
     """Run (or skip) every stage of `params`; return {stage: "ran" | "skipped"}."""
     run = runs.Run(params)
-    shared_inputs = [runs.hash_files([runs.ROOT / "es2_lib"]), runs.hash_files([runs.ROOT / "data"])]
+    data_hash = runs.hash_files([runs.ROOT / "data"])
     keys: dict[str, str] = {}
     outcome: dict[str, str] = {}
     env = {"ES2_PROGRESS_INTERVAL": os.environ.get("ES2_PROGRESS_INTERVAL", "60"), "MPLBACKEND": "agg"}
@@ -91,7 +140,8 @@ def run_pipeline(params: Params, only: list[str] | None = None, force: bool = Fa
         upstream = DEPENDS.get(stage, list(keys))
         declared = declared_params(notebook, params)
         keys[stage] = runs.stage_key(
-            declared, [source_hash(notebook), *shared_inputs, *(keys.get(s, "") for s in upstream)]
+            declared, [source_hash(notebook), runs.hash_files(library_files(notebook)), data_hash,
+                       *(keys.get(s, "") for s in upstream)]
         )
         if only and stage not in only:
             continue

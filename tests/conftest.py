@@ -9,6 +9,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from es2_lib import models, params  # noqa: E402
 
@@ -25,6 +26,20 @@ def tiny_params(tmp_path, monkeypatch) -> params.Params:
     monkeypatch.setenv("ES2_RUNS_DIR", str(tmp_path / "runs"))
     return params.from_mapping(dict(name="test", model="tiny", n_probe_train=8, n_es2_train=8, n_eval=4,
                                     batch_size=4, max_new_tokens=8, bootstrap_samples=200))
+
+
+@pytest.fixture
+def lively(tiny):
+    """The tiny model with large random decoder weights. At the default init its output merely echoes the
+    last input token (tied embeddings), here "\\n" of the chat template, which every response strips; with
+    these weights the next token depends on the whole prompt, so padding and ordering errors show."""
+    model, tokenizer = tiny
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in models.decoder_layers(model).parameters():
+            if weight.ndim == 2:
+                weight.copy_(0.3 * torch.randn(weight.shape, generator=gen))
+    return model, tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from es2_lib import data, judges, params
 from es2_lib.generation import generate
-from es2_lib.models import chat_prompt, decoder_layers
+from es2_lib.models import chat_prompt
 
 PROMPTS = [  # deliberately not in length order
     "Hi",
@@ -16,20 +15,6 @@ PROMPTS = [  # deliberately not in length order
     "Write a haiku about the sea and the wind over it.",
     "Why?",
 ]
-
-
-@pytest.fixture
-def lively(tiny):
-    """The tiny model with large random decoder weights. At the default init its output merely echoes the
-    last input token (tied embeddings), here "\\n" of the chat template, which every response strips; with
-    these weights the next token depends on the whole prompt, so padding and ordering errors show."""
-    model, tokenizer = tiny
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in decoder_layers(model).parameters():
-            if weight.ndim == 2:
-                weight.copy_(0.3 * torch.randn(weight.shape, generator=gen))
-    return model, tokenizer
 
 
 def test_batched_equals_one_at_a_time(lively):

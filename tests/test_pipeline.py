@@ -76,6 +76,17 @@ def test_published_notebook_is_clean_and_does_not_change_the_key(fake_stages):
     assert pipeline.run_pipeline(p) == {"01_a": "skipped", "02_b": "skipped"}
 
 
+def test_library_files_follow_imports():
+    """A stage's key covers the library modules it runs, also through relative imports, and no others."""
+    probing, prompt_attacks = ({str(f.relative_to(ROOT)) for f in pipeline.library_files(ROOT / "notebooks" / nb)}
+                               for nb in ("01_probing.ipynb", "04_prompt_attacks.ipynb"))
+    assert {"es2_lib/__init__.py", "es2_lib/probes.py", "es2_lib/representations.py"} <= probing
+    assert "es2_lib/attacks/gcg.py" not in probing and "es2_lib/pipeline.py" not in probing
+    # 04 imports gcg, which imports ..generation and ..judges relatively
+    assert {"es2_lib/attacks/__init__.py", "es2_lib/attacks/gcg.py", "es2_lib/generation.py",
+            "es2_lib/judges.py"} <= prompt_attacks
+
+
 def test_unknown_notebook_parameter_is_an_error(fake_stages):
     nbdir, _ = fake_stages
     nb = nbformat.read(nbdir / "01_a.ipynb", as_version=4)

@@ -10,7 +10,7 @@ import torch
 
 from es2_lib import evaluate, params, srr
 from es2_lib.generation import generate
-from es2_lib.models import chat_prompt, decoder_layers
+from es2_lib.models import chat_prompt
 from es2_lib.representations import last_token_states
 
 HIDDEN = 16
@@ -117,18 +117,6 @@ def test_prompts_layers_and_splits(tiny):
     lists.source = ["harmful_eval"] * 4 + [srr.XSTEST] * 2
     srr.assign_splits(lists, 3, seed=0)
     assert lists.split.count("train") == 3 and lists.split[4:] == ["test", "test"]
-
-
-@pytest.fixture
-def lively(tiny):
-    """The tiny model with large random decoder weights, so its next token depends on the whole prompt."""
-    model, tokenizer = tiny
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in decoder_layers(model).parameters():
-            if weight.ndim == 2:
-                weight.copy_(0.3 * torch.randn(weight.shape, generator=gen))
-    return model, tokenizer
 
 
 PROMPTS = ["Hi", "Explain in detail how a refrigerator moves heat out of its inside.", "Name a colour.", "Why?"]
