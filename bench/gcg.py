@@ -2,11 +2,12 @@
 
 Ours runs in this process; nanoGCG (PyPI nanogcg 0.3.0, which pins transformers <= 4.47) runs right after in a
 subprocess with the Python of its own virtual environment (`--nanogcg-python`), on the same weights (the
-folder the model was loaded from, or a temporary copy for random-weight specs). Both start from the same
-"! ! …" suffix with the same search width, top-k, steps, seed and thread count (each with its own batch size:
-ours small, to reuse more of the suffix cache; nanoGCG its default, the whole width). The script prints
-the per-step seconds of both and their ratio, and both loss curves; it re-scores nanoGCG's best suffix with
-our exact scorer (a check of the loss it reports); it writes bench/results/gcg.json and gcg.png.
+folder the model was loaded from, or a temporary copy for random-weight specs), once with its prefix cache
+(its default) and once without (`--nanogcg-modes`). All start from the same "! ! …" suffix with the same
+search width, top-k, steps, seed and thread count (each with its own batch size: ours small, to reuse more of
+the suffix cache; nanoGCG its default, the whole width). The script prints the per-step seconds of each and
+the ratios, and the loss curves; it re-scores nanoGCG's best suffix with our exact scorer (a check of the loss
+it reports); it writes bench/results/gcg.json and gcg.png.
 
 Setup of the baseline (once): python3 -m venv /work/nanogcg-venv && /work/nanogcg-venv/bin/pip install
 torch==2.13.0 nanogcg==0.3.0
@@ -32,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 from es2_lib import data, models  # noqa: E402
 from es2_lib.attacks import gcg  # noqa: E402
 
+MODES = {"prefix-cache": True, "no-prefix-cache": False}  # nanoGCG's use_prefix_cache per baseline run
+
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,8 +53,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nanogcg-python", default="/work/nanogcg-venv/bin/python",
                     help="Python of a virtual environment with nanogcg==0.3.0")
-    ap.add_argument("--nanogcg-no-prefix-cache", action="store_true",
-                    help="run nanoGCG with use_prefix_cache=False (default: True, nanoGCG's own default)")
+    ap.add_argument("--nanogcg-modes", nargs="+", choices=list(MODES), default=list(MODES),
+                    help="nanoGCG runs: with its prefix cache (its default) and/or with use_prefix_cache=False")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gcg.json"))
     return ap.parse_args()
 
@@ -82,12 +85,12 @@ def run_ours(args, model, tokenizer, prompt: str, target: str) -> dict:
             "search": search}
 
 
-def run_nanogcg(args, model_dir: Path, chat_template: str, prompt: str, target: str) -> dict:
+def run_nanogcg(args, model_dir: Path, chat_template: str, prompt: str, target: str, prefix_cache: bool) -> dict:
     cfg = {"model_dir": str(model_dir), "chat_template": chat_template, "dtype": args.dtype, "device": str(models.resolve_device(args.device)),
            "threads": torch.get_num_threads(), "prompt": prompt, "target": target,
            "optim_str_init": " !" * args.suffix_tokens, "steps": args.steps, "search_width": args.search_width,
            "topk": args.topk, "batch_size": args.nanogcg_batch_size, "seed": args.seed,
-           "use_prefix_cache": not args.nanogcg_no_prefix_cache}
+           "use_prefix_cache": prefix_cache}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([args.nanogcg_python, str(ROOT / "bench" / "nanogcg_worker.py")], input=json.dumps(cfg),
                           capture_output=True, text=True, env=env)
@@ -112,11 +115,12 @@ def plot(result: dict, path: Path) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(5.5, 3.5))
     ax = fig.add_subplot()
-    ours, theirs = result["ours"]["losses"], result["nanogcg"]["losses"]
+    ours = result["ours"]["losses"]
     ax.plot(range(len(ours)), ours, marker="o", label="ours (best so far)")
-    ax.plot(range(1, len(theirs) + 1), theirs, marker="s", label="nanoGCG (best candidate of the step)")
-    ax.plot(range(1, len(theirs) + 1), [min(theirs[:i + 1]) for i in range(len(theirs))], ls="--",
-            label="nanoGCG (best so far)")
+    for mode, run in result["nanogcg"].items():
+        theirs = run["losses"]
+        ax.plot(range(1, len(theirs) + 1), [min(theirs[:i + 1]) for i in range(len(theirs))], ls="--",
+                marker="s", label=f"nanoGCG, {mode} (best so far)")
     ax.set(xlabel="step", ylabel="target cross-entropy",
            title=f"GCG, {result['model']}, width {result['search_width']}, top-{result['topk']}")
     ax.legend()
@@ -131,21 +135,24 @@ def main() -> None:
     load = os.getloadavg()[0]
     ours = run_ours(args, model, tokenizer, row["prompt"], row["target"])
     with tempfile.TemporaryDirectory(prefix="es2-bench-gcg-") as tmp:
-        theirs = run_nanogcg(args, weights_dir(args, model, tokenizer, Path(tmp)), tokenizer.chat_template,
-                             row["prompt"], row["target"])
+        folder = weights_dir(args, model, tokenizer, Path(tmp))
+        theirs = {mode: run_nanogcg(args, folder, tokenizer.chat_template, row["prompt"], row["target"], MODES[mode])
+                  for mode in args.nanogcg_modes}
     search = ours.pop("search")
-    theirs["best_string_rescored"] = rescore(search, tokenizer, theirs["best_string"])
-    per_step = {"ours": statistics.median(ours["step_s"]), "nanogcg": statistics.median(theirs["step_s"])}
+    for run in theirs.values():
+        run["best_string_rescored"] = rescore(search, tokenizer, run["best_string"])
+    per_step = {"ours": statistics.median(ours["step_s"])}
+    per_step.update({f"nanogcg {mode}": statistics.median(run["step_s"]) for mode, run in theirs.items()})
     result = {
         "model": args.model, "dtype": args.dtype, "device": str(models.resolve_device(args.device)),
         "threads": torch.get_num_threads(), "prompt": row["prompt"], "target": row["target"], "steps": args.steps,
         "search_width": args.search_width, "topk": args.topk, "batch_size": args.batch_size,
         "nanogcg_batch_size": args.nanogcg_batch_size,
         "suffix_tokens": args.suffix_tokens, "seed": args.seed,
-        "nanogcg_prefix_cache": not args.nanogcg_no_prefix_cache,
         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
-        "median_step_s": per_step, "speedup": per_step["nanogcg"] / per_step["ours"],
-        "final_best_loss": {"ours": ours["losses"][-1], "nanogcg": min(theirs["losses"])},
+        "median_step_s": per_step,
+        "speedup": {mode: per_step[f"nanogcg {mode}"] / per_step["ours"] for mode in theirs},
+        "final_best_loss": {"ours": ours["losses"][-1]} | {f"nanogcg {m}": min(r["losses"]) for m, r in theirs.items()},
         "ours": ours, "nanogcg": theirs,
     }
     out = Path(args.out)
@@ -155,12 +162,12 @@ def main() -> None:
     print(f"model {args.model} ({args.dtype}, {result['device']}, {result['threads']} threads), "
           f"{args.steps} steps, width {args.search_width}, top-{args.topk}, batch {args.batch_size} "
           f"(nanoGCG: {args.nanogcg_batch_size or args.search_width})")
-    print(f"s/step  ours {per_step['ours']:.2f}  nanoGCG {per_step['nanogcg']:.2f}  ->  "
-          f"{result['speedup']:.2f}x faster")
-    print(f"steps/s ours {1 / per_step['ours']:.3f}  nanoGCG {1 / per_step['nanogcg']:.3f}")
-    print("loss ours    ", " ".join(f"{x:.3f}" for x in ours["losses"]))
-    print("loss nanoGCG ", " ".join(f"{x:.3f}" for x in theirs["losses"]))
-    print(f"nanoGCG best suffix re-scored by ours: {theirs['best_string_rescored']}")
+    print("loss ours (best so far)      ", " ".join(f"{x:.3f}" for x in ours["losses"]))
+    for mode, run in theirs.items():
+        print(f"s/step ours {per_step['ours']:.2f}  nanoGCG {mode} {per_step[f'nanogcg {mode}']:.2f}  ->  "
+              f"{result['speedup'][mode]:.2f}x faster")
+        print(f"loss nanoGCG {mode} (per step)", " ".join(f"{x:.3f}" for x in run["losses"]),
+              f"| its best suffix re-scored by ours: {run['best_string_rescored']}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
