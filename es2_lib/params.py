@@ -49,10 +49,10 @@ class Params:
     n_terminal_layers: int = 1  # ES2 layers from the last decoder layers (L, L-1, ...)
     es2_distance: Literal["centroid", "pairwise", "bounded"] = "centroid"  # centroid/pairwise: Euclidean / base mean norm; bounded: centroids of unit-normalised states
     es2_margin: float = 0.0  # hinge: a layer's distance stops being rewarded above this (0 = no hinge)
-    es2_lambda_kl: float = 1.0  # weight of KL(base || ES2) of the next token on harmless prompts
+    es2_lambda_kl: float = 2.0  # weight of KL(base || ES2) of the next token on harmless prompts
     kl_threshold: float = 0.1  # stop training when the harmless KL (nats) of a step's batch exceeds this
     es2_retain: Literal["none", "kl", "refusal_ce"] = "refusal_ce"  # keep refusals: next-token KL to the base on harmful prompts, or CE on refusals
-    es2_retain_weight: float = 1.0  # weight of the retain term
+    es2_retain_weight: float = 0.5  # weight of the retain term
     es2_refusal_data: str = "safety_tuned_llamas/safety_only_data_Instructions.json"  # refusal_ce: {instruction, output} pairs (below data/), those judged refusals
     es2_refusal_tokens: int = 16  # refusal_ce: response tokens scored per refusal example
     es2_adapter: Literal["lora", "full"] = "lora"  # LoRA through peft, or full fine-tuning

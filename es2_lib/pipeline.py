@@ -110,8 +110,15 @@ def declared_params(notebook: Path, params: Params) -> dict:
     return {k: values[k] for k in declared}
 
 
+def relative_paths(text: str) -> str:
+    """`text` with this checkout's and the home folder's absolute paths written relative ("./", "~/"), so
+    published outputs (warnings, tracebacks) do not show where the notebook happened to run."""
+    return text.replace(f"{runs.ROOT}/", "./").replace(f"{Path.home()}/", "~/")
+
+
 def clean_notebook(path: Path) -> None:
-    """Strip papermill timing metadata and collapse carriage-return progress updates to their last state."""
+    """Strip papermill timing metadata, collapse carriage-return progress updates to their last state and
+    make absolute paths in outputs relative."""
     nb = nbformat.read(path, as_version=4)
     for key in PAPERMILL_METADATA:
         nb.metadata.pop(key, None)
@@ -122,7 +129,11 @@ def clean_notebook(path: Path) -> None:
             cell.execution_count = None
         for out in cell.get("outputs", []):
             if out.output_type == "stream":
-                out.text = "\n".join(line.rsplit("\r", 1)[-1] for line in out.text.split("\n"))
+                out.text = relative_paths("\n".join(line.rsplit("\r", 1)[-1] for line in out.text.split("\n")))
+            elif out.output_type == "error":
+                out.traceback = [relative_paths(line) for line in out.traceback]
+            elif "text/plain" in out.get("data", {}):
+                out.data["text/plain"] = relative_paths(out.data["text/plain"])
     nbformat.write(nb, path)
 
 

@@ -32,7 +32,8 @@ def fake_stages(tmp_path, monkeypatch):
     monkeypatch.setenv("ES2_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("ES2_FIGURES_DIR", str(tmp_path / "figures"))
     marker = tmp_path / "count.txt"
-    body = f"import sys\nwith open({str(marker)!r}, 'a') as f: f.write('x')\nprint('step\\rstep 2\\rdone')"
+    body = (f"import sys\nwith open({str(marker)!r}, 'a') as f: f.write('x')\nprint('step\\rstep 2\\rdone')\n"
+            f"print({str(ROOT / 'es2_lib' / 'x.py')!r})")
     _notebook(nbdir / "01_a.ipynb", body)
     _notebook(nbdir / "02_b.ipynb", body)
     return nbdir, marker
@@ -73,6 +74,7 @@ def test_published_notebook_is_clean_and_does_not_change_the_key(fake_stages):
     assert "papermill" not in nb.metadata and all("papermill" not in c.metadata for c in nb.cells)
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "done" in text and "\r" not in text and "step 2" not in text
+    assert "./es2_lib/x.py" in text and str(ROOT) not in text
     assert pipeline.run_pipeline(p) == {"01_a": "skipped", "02_b": "skipped"}
 
 
