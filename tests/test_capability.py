@@ -27,18 +27,6 @@ QUESTIONS = [  # different option counts and lengths, so left padding and per-qu
 ]
 
 
-@pytest.fixture
-def lively(tiny):
-    """The tiny model with large random decoder weights, so the next token depends on the whole prompt."""
-    model, tokenizer = tiny
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in models.decoder_layers(model).parameters():
-            if weight.ndim == 2:
-                weight.copy_(0.3 * torch.randn(weight.shape, generator=gen))
-    return model, tokenizer
-
-
 def _continuation_logprob(model, tokenizer, context: str, text: str) -> float:
     """log P(text | context) by a plain forward pass of context + text through the model's own head."""
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
