@@ -1,9 +1,8 @@
 """The one-command pipeline: run every numbered notebook of a params file with papermill (DESIGN.md §4).
 
-Stages run in order into the run folder. A stage is skipped when its key — the hash of the params its
-notebook declares, its cells' source, the library modules it imports (directly or through other modules),
-the data, and the keys of the stages it reads — equals
-the key recorded after its last successful run. A failing stage is named, marked failed in the manifest,
+Stages run in order (the figures stage last) into the run folder. A stage is skipped when its key — the hash of
+the params its notebook declares, its cells' source, the library modules it imports (directly or through other
+modules), the data, and the keys of the stages it reads — equals the key recorded after its last successful run. A failing stage is named, marked failed in the manifest,
 and its partly executed notebook is kept in the run folder; rerunning resumes at the first stage that is
 not current. `publish=True` also writes the cleaned executed notebooks over notebooks/ for GitHub readers.
 """
@@ -35,6 +34,7 @@ DEPENDS = {
     "08_srr": ["02_es2_training", "04_prompt_attacks"],
 }
 PAPERMILL_METADATA = ("papermill", "execution")
+FIGURES_SUFFIX = "_figures"  # the stage that draws every table and figure from the others' results
 
 
 class StageFailed(RuntimeError):
@@ -42,8 +42,9 @@ class StageFailed(RuntimeError):
 
 
 def stages() -> list[Path]:
-    """The numbered stage notebooks, in order."""
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    """The numbered stage notebooks in order, except that the figures stage runs last: it reads every other
+    stage's results, those of the later-numbered related systems (07, 08) too."""
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"), key=lambda nb: (nb.stem.endswith(FIGURES_SUFFIX), nb.name))
 
 
 def source_hash(notebook: Path) -> str:
@@ -187,16 +188,17 @@ def run_pipeline(params: Params, only: list[str] | None = None, force: bool = Fa
 
 
 def write_timings(run: runs.Run, path: Path) -> None:
-    """A Markdown table of each stage's wall time on this machine, from the manifest."""
+    """A Markdown table of each stage's wall time on this machine, from the manifest, in running order."""
     manifest = run.manifest()
     env = manifest.get("environment", {})
     hardware = env.get("cuda") or f"CPU, {env.get('cpu_count')} cores ({env.get('machine')})"
     lines = [f"Wall time per stage of run `{run.params.name}` (model `{run.params.model}`, {hardware}, "
              f"torch {env.get('packages', {}).get('torch')}).", "", "| stage | wall time (s) |", "|---|---:|"]
     total = 0.0
-    for stage, info in sorted(manifest["stages"].items()):
-        lines.append(f"| {stage} | {info['wall_s']:.0f} |")
-        total += info["wall_s"]
+    done = manifest["stages"]
+    for stage in [nb.stem for nb in stages() if nb.stem in done] + sorted(set(done) - {nb.stem for nb in stages()}):
+        lines.append(f"| {stage} | {done[stage]['wall_s']:.0f} |")
+        total += done[stage]["wall_s"]
     lines.append(f"| **total** | **{total:.0f}** |")
     path.parent.mkdir(parents=True, exist_ok=True)
     with runs.atomic_path(path) as tmp:

@@ -105,6 +105,11 @@ def test_bad_params_file_is_a_clear_cli_error(tmp_path):
     assert out.returncode == 1 and "key 'n_eval' expects int" in out.stderr
 
 
+def test_figures_stage_runs_last_after_the_numbered_stages():
+    names = [nb.stem for nb in pipeline.stages()]
+    assert names[-1] == "06_figures" and names[:-1] == sorted(names[:-1]) and "08_srr" in names
+
+
 def test_every_notebook_declares_only_params_keys():
     p = params.Params()
     for notebook in pipeline.stages():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -213,3 +214,21 @@ def test_entanglement_summary_follows_its_rule():
     activation[("base", "harmful A vs useful B")] = (0.88, 0.1)
     text = subspaces.entanglement_summary(weight, activation, projection, benign)
     assert "about as close to the useful update as to the harmful one" in text and "overlapping subspaces" in text
+
+
+def test_figures_draw_from_results_read_back_from_json():
+    """The figures stage redraws 07's figures from results.json, where layer keys have become strings."""
+    weight = [{"pair": f"{a} vs {b}", "fraction": f, "mso": 0.5, "random": 0.1, "matrices": 3}
+              for a, b in (("es2", "useful"), ("es2", "harmful"), ("useful", "harmful")) for f in (0.5, 0.9)]
+    ax = subspaces.weight_mso_figure(weight).axes[0]
+    assert len(ax.lines) == 6 and "3 matrices" in ax.get_title()
+    activation = [{"model": m, "pair": p, "fraction": f, "mso": 0.4, "random": 0.2} for m in ("base", "es2")
+                  for p in ("harmful A vs useful B", "harmful A vs harmful B", "useful A vs useful B") for f in (0.5, 0.9)]
+    fig = subspaces.activation_mso_figure(activation, [18, 22], 8)
+    assert [len(ax.lines) for ax in fig.axes] == [4, 4] and "layers 18–22" in fig.axes[0].get_title()
+    rate = {"dsr": {"value": 0.5, "low": 0.25, "high": 0.75}, "n": 8}
+    benign = {m: {"separation": {k: {"1": 1.0 + i, "24": 2.0} for k in ("centroid_distance", "fisher")},
+                  "dsr_none": rate, "dsr_scav": rate} for i, m in enumerate(("base", "es2", "es2+benign"))}
+    axes = subspaces.benign_figure(json.loads(json.dumps(benign)), [1, 24]).axes
+    assert [p.get_height() for p in axes[0].patches[:2]] == [1.0, 2.0] and len(axes[2].patches) == 6
+    assert "8 prompts" in axes[2].get_title()
