@@ -1,5 +1,6 @@
 # Two commands: `make run` (the whole pipeline on params/default.yaml) and `make test`.
 VENV ?= .venv
+NANOGCG ?= .venv-nanogcg
 PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
@@ -18,5 +19,12 @@ run: setup  ## every stage of $(PARAMS); publishes notebooks/ and figures/<name>
 test: setup  ## unit tests, the embedded-model checks, and every notebook on params/smoke.yaml
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-bench: setup
+bench: setup $(NANOGCG)/bin/nanogcg-installed  ## every benchmark of bench/README.md, on the embedded model
 	$(PY) bench/extraction.py
+	$(PY) bench/es2_throughput.py
+	$(PY) bench/gcg.py --steps 10 --nanogcg-python $(NANOGCG)/bin/python
+
+$(NANOGCG)/bin/nanogcg-installed:  # GCG's baseline in its own environment: nanogcg pins transformers <= 4.47
+	python3 -m venv $(NANOGCG)
+	$(NANOGCG)/bin/pip install torch==2.13.0 nanogcg==0.3.0 transformers==4.47.1
+	touch $@

@@ -6,11 +6,12 @@ folder the model was loaded from, or a temporary copy for random-weight specs), 
 (its default) and once without (`--nanogcg-modes`). All start from the same "! ! …" suffix with the same
 search width, top-k, steps, seed and thread count (each with its own batch size: ours small, to reuse more of
 the suffix cache; nanoGCG its default, the whole width). The script prints the per-step seconds of each and
-the ratios, and the loss curves; it re-scores nanoGCG's best suffix with our exact scorer (a check of the loss
-it reports); it writes bench/results/gcg.json and gcg.png.
+the ratios, and the loss curves; it re-scores nanoGCG's best suffix with our exact scorer and exits with an
+error when that differs from the loss nanoGCG reports (then the two did not run the same model and prompt); it
+writes bench/results/gcg.json and gcg.png.
 
-Setup of the baseline (once): python3 -m venv /work/nanogcg-venv && /work/nanogcg-venv/bin/pip install
-torch==2.13.0 nanogcg==0.3.0
+Setup of the baseline (once; `make bench` does it): python3 -m venv .venv-nanogcg &&
+.venv-nanogcg/bin/pip install torch==2.13.0 nanogcg==0.3.0 transformers==4.47.1
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from es2_lib import data, models  # noqa: E402
 from es2_lib.attacks import gcg  # noqa: E402
 
+LOSS_TOLERANCE = 1e-2  # |nanoGCG's best loss - our score of its best suffix| above this voids the comparison
 MODES = {"prefix-cache": True, "no-prefix-cache": False}  # nanoGCG's use_prefix_cache per baseline run
 
 
@@ -51,7 +53,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--suffix-tokens", type=int, default=20)
     ap.add_argument("--prompt-index", type=int, default=0, help="row of data/advbench/harmful_behaviors.csv")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--nanogcg-python", default="/work/nanogcg-venv/bin/python",
+    ap.add_argument("--nanogcg-python", default=str(ROOT / ".venv-nanogcg" / "bin" / "python"),
                     help="Python of a virtual environment with nanogcg==0.3.0")
     ap.add_argument("--nanogcg-modes", nargs="+", choices=list(MODES), default=list(MODES),
                     help="nanoGCG runs: with its prefix cache (its default) and/or with use_prefix_cache=False")
@@ -86,7 +88,8 @@ def run_ours(args, model, tokenizer, prompt: str, target: str) -> dict:
 
 
 def run_nanogcg(args, model_dir: Path, chat_template: str, prompt: str, target: str, prefix_cache: bool) -> dict:
-    cfg = {"model_dir": str(model_dir), "chat_template": chat_template, "dtype": args.dtype, "device": str(models.resolve_device(args.device)),
+    cfg = {"model_dir": str(model_dir), "chat_template": chat_template, "dtype": args.dtype,
+           "device": str(models.resolve_device(args.device)),
            "threads": torch.get_num_threads(), "prompt": prompt, "target": target,
            "optim_str_init": " !" * args.suffix_tokens, "steps": args.steps, "search_width": args.search_width,
            "topk": args.topk, "batch_size": args.nanogcg_batch_size, "seed": args.seed,
@@ -169,6 +172,12 @@ def main() -> None:
         print(f"loss nanoGCG {mode} (per step)", " ".join(f"{x:.3f}" for x in run["losses"]),
               f"| its best suffix re-scored by ours: {run['best_string_rescored']}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    mismatched = {mode: run["best_string_rescored"] for mode, run in theirs.items()
+                  if run["best_string_rescored"] is not None
+                  and abs(run["best_string_rescored"] - min(run["losses"])) > LOSS_TOLERANCE}
+    if mismatched:
+        sys.exit(f"nanoGCG's best loss and our score of its best suffix differ by more than {LOSS_TOLERANCE} "
+                 f"({mismatched}): the two runs did not score the same model and prompt, so the ratio is void")
 
 
 if __name__ == "__main__":

@@ -10,17 +10,30 @@ import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import nanogcg
 import nanogcg.gcg
+
+
+def config_for_447(model_dir: str):
+    """The model's config as transformers 4.47 needs it: transformers 5 writes the RoPE settings under
+    `rope_parameters`, which 4.47 ignores (it would silently fall back to rope_theta 10,000, a different model)."""
+    config = AutoConfig.from_pretrained(model_dir)
+    rope = getattr(config, "rope_parameters", None)
+    if rope:
+        config.rope_theta = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            config.rope_scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return config
 
 
 def main() -> None:
     cfg = json.load(sys.stdin)
     torch.set_num_threads(cfg["threads"])
     dtype = getattr(torch, cfg["dtype"])
-    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], torch_dtype=dtype).to(cfg["device"]).eval()
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], config=config_for_447(cfg["model_dir"]),
+                                                 torch_dtype=dtype).to(cfg["device"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(cfg["model_dir"])
     tokenizer.chat_template = cfg["chat_template"]  # 4.47 does not read chat_template.jinja: use ours, verbatim
     stamps: list[float] = []
