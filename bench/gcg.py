@@ -1,14 +1,15 @@
 """Benchmark: seconds per GCG step, es2_lib.attacks.gcg against nanoGCG, same model, prompt, target and budget.
 
-Ours runs in this process; nanoGCG (PyPI nanogcg 0.3.0, which pins transformers <= 4.47) runs right after in a
+Ours runs in this process, screened (a bfloat16 copy proposes and ranks, the model scores the shortlist) and
+exact (`--ours-modes`); nanoGCG (PyPI nanogcg 0.3.0, which pins transformers <= 4.47) runs right after in a
 subprocess with the Python of its own virtual environment (`--nanogcg-python`), on the same weights (the
-folder the model was loaded from, or a temporary copy for random-weight specs), once with its prefix cache
-(its default) and once without (`--nanogcg-modes`). All start from the same "! ! …" suffix with the same
-search width, top-k, steps, seed and thread count (each with its own batch size: ours small, to reuse more of
-the suffix cache; nanoGCG its default, the whole width). The script prints the per-step seconds of each and
-the ratios, and the loss curves; it re-scores nanoGCG's best suffix with our exact scorer and exits with an
-error when that differs from the loss nanoGCG reports (then the two did not run the same model and prompt); it
-writes bench/results/gcg.json and gcg.png.
+folder the model was loaded from, or a temporary copy for random-weight specs), with its prefix cache (its
+default), without it, and with its prefix cache on the weights cast to bfloat16 (`--nanogcg-modes`). All start
+from the same "! ! …" suffix with the same search width, top-k, steps, seed and thread count (each with its own
+batch size: ours small, to reuse more of the suffix cache; nanoGCG its default, the whole width). The script
+prints the per-step seconds of each and the ratios, and the loss curves; it re-scores nanoGCG's best suffix
+with our exact scorer and exits with an error when that differs from the loss nanoGCG reports in the same
+dtype (then the two did not run the same model and prompt); it writes bench/results/gcg.json and gcg.png.
 
 Setup of the baseline (once; `make bench` does it): python3 -m venv .venv-nanogcg &&
 .venv-nanogcg/bin/pip install torch==2.13.0 nanogcg==0.3.0 transformers==4.47.1
@@ -35,7 +36,9 @@ from es2_lib import data, models  # noqa: E402
 from es2_lib.attacks import gcg  # noqa: E402
 
 LOSS_TOLERANCE = 1e-2  # |nanoGCG's best loss - our score of its best suffix| above this voids the comparison
-MODES = {"prefix-cache": True, "no-prefix-cache": False}  # nanoGCG's use_prefix_cache per baseline run
+MODES = {"prefix-cache": (True, None), "no-prefix-cache": (False, None),  # nanoGCG runs: use_prefix_cache, and
+         "prefix-cache-bf16": (True, "bfloat16")}  # a dtype other than --dtype for the weights (None: the same)
+OURS = ("screened", "exact")  # ours with a screening copy (--screen-dtype) or without
 
 
 def parse() -> argparse.Namespace:
@@ -56,7 +59,15 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--nanogcg-python", default=str(ROOT / ".venv-nanogcg" / "bin" / "python"),
                     help="Python of a virtual environment with nanogcg==0.3.0")
     ap.add_argument("--nanogcg-modes", nargs="+", choices=list(MODES), default=list(MODES),
-                    help="nanoGCG runs: with its prefix cache (its default) and/or with use_prefix_cache=False")
+                    help="nanoGCG runs: with its prefix cache (its default), with use_prefix_cache=False, and/or "
+                         "with its prefix cache on the weights cast to bfloat16")
+    ap.add_argument("--ours-modes", nargs="+", choices=OURS, default=list(OURS),
+                    help="our runs: screened by a --screen-dtype copy, and/or exact (every candidate in --dtype)")
+    ap.add_argument("--screen-dtype", default="bfloat16", choices=sorted(models.DTYPES))
+    ap.add_argument("--margin", type=float, default=0.02, help="screening margin (params: gcg_screen_margin)")
+    ap.add_argument("--check-screening", type=int, default=0,
+                    help="extra screened steps that score every candidate both ways (does the shortlist hold the "
+                         "exact best?)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gcg.json"))
     return ap.parse_args()
 
@@ -72,11 +83,14 @@ def weights_dir(args: argparse.Namespace, model, tokenizer, tmp: Path) -> Path:
     return tmp
 
 
-def run_ours(args, model, tokenizer, prompt: str, target: str) -> dict:
+def run_ours(args, model, tokenizer, prompt: str, target: str, screened: bool) -> dict:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
+    screen = gcg.screen_copy(model, args.screen_dtype) if screened else None
+    if screened and screen is None:
+        sys.exit(f"--screen-dtype {args.screen_dtype} is the model's dtype: nothing to screen with")
     search = gcg.GCG(model, tokenizer, prompt, target, args.suffix_tokens, args.topk, args.search_width,
-                     args.batch_size, args.seed)
+                     args.batch_size, args.seed, screen, args.margin)
     setup = time.perf_counter() - start
     losses, step_s = [search.loss], []
     for _ in range(args.steps):
@@ -84,11 +98,39 @@ def run_ours(args, model, tokenizer, prompt: str, target: str) -> dict:
         losses.append(search.step())
         step_s.append(time.perf_counter() - start)
     return {"losses": losses, "step_s": step_s, "setup_s": setup, "best_string": tokenizer.decode(search.suffix),
-            "search": search}
+            "exactly_scored_per_step": search.verified, "search": search}
 
 
-def run_nanogcg(args, model_dir: Path, chat_template: str, prompt: str, target: str, prefix_cache: bool) -> dict:
-    cfg = {"model_dir": str(model_dir), "chat_template": chat_template, "dtype": args.dtype,
+def check_screening(args, model, tokenizer, prompt: str, target: str) -> list[dict]:
+    """`--check-screening` steps of a search whose proposals come from the screening copy but which scores every
+    candidate both ways and keeps the exact best: per step, how far the exact best's screened loss lies above
+    the screened minimum (it is in the shortlist while that is <= the margin), the shortlist's size, and the
+    spread (max - min) of the screening errors."""
+    search = gcg.GCG(model, tokenizer, prompt, target, args.suffix_tokens, args.topk, args.search_width,
+                     args.batch_size, args.seed, gcg.screen_copy(model, args.screen_dtype), args.margin)
+    rows = []
+    for _ in range(args.check_screening):
+        grad, kv_screen = search._token_gradient(search.screen)
+        with torch.no_grad():
+            candidates = search._sample(grad)
+            candidates = candidates[search._retokenises(candidates)]
+            positions = search._positions(candidates)
+            screened = search._score(search.screen, candidates, positions, kv_screen)
+            kv_exact = search._extend_kv(search.exact, search.suffix)
+            exact = search._score(search.exact, candidates, positions, kv_exact)
+        best, error, shortlist = int(exact.argmin()), screened - exact, search._shortlist(screened)
+        rows.append({"candidates": len(candidates), "shortlist": int(shortlist.sum()),
+                     "exact_best_above_screened_min": (screened[best] - screened.min()).item(),
+                     "same_pick_as_exact": bool(shortlist[best]) or exact[best].item() >= search.loss,
+                     "error_spread": (error.max() - error.min()).item()})
+        if exact[best].item() < search.loss:
+            search.suffix, search.loss = candidates[best], exact[best].item()
+    return rows
+
+
+def run_nanogcg(args, model_dir: Path, chat_template: str, prompt: str, target: str, mode: str) -> dict:
+    prefix_cache, dtype = MODES[mode]
+    cfg = {"model_dir": str(model_dir), "chat_template": chat_template, "dtype": dtype or args.dtype,
            "device": str(models.resolve_device(args.device)),
            "threads": torch.get_num_threads(), "prompt": prompt, "target": target,
            "optim_str_init": " !" * args.suffix_tokens, "steps": args.steps, "search_width": args.search_width,
@@ -109,7 +151,8 @@ def rescore(search: gcg.GCG, tokenizer, suffix: str) -> float | None:
     if len(ids) != len(search.suffix):
         return None
     with torch.no_grad():
-        return search._score(ids[None], torch.zeros(1, dtype=torch.long), search._extend_kv(ids))[0].item()
+        return search._score(search.exact, ids[None], torch.zeros(1, dtype=torch.long),
+                             search._extend_kv(search.exact, ids))[0].item()
 
 
 def plot(result: dict, path: Path) -> None:
@@ -118,8 +161,8 @@ def plot(result: dict, path: Path) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(5.5, 3.5))
     ax = fig.add_subplot()
-    ours = result["ours"]["losses"]
-    ax.plot(range(len(ours)), ours, marker="o", label="ours (best so far)")
+    for mode, run in result["ours"].items():
+        ax.plot(range(len(run["losses"])), run["losses"], marker="o", label=f"ours, {mode} (best so far)")
     for mode, run in result["nanogcg"].items():
         theirs = run["losses"]
         ax.plot(range(1, len(theirs) + 1), [min(theirs[:i + 1]) for i in range(len(theirs))], ls="--",
@@ -136,27 +179,31 @@ def main() -> None:
     row = data.load_prompts("advbench")[args.prompt_index]
     model, tokenizer = models.load_model(args.model, args.dtype, args.device, args.seed)
     load = os.getloadavg()[0]
-    ours = run_ours(args, model, tokenizer, row["prompt"], row["target"])
+    ours = {mode: run_ours(args, model, tokenizer, row["prompt"], row["target"], mode == "screened")
+            for mode in args.ours_modes}
+    check = check_screening(args, model, tokenizer, row["prompt"], row["target"]) if args.check_screening else []
     with tempfile.TemporaryDirectory(prefix="es2-bench-gcg-") as tmp:
         folder = weights_dir(args, model, tokenizer, Path(tmp))
-        theirs = {mode: run_nanogcg(args, folder, tokenizer.chat_template, row["prompt"], row["target"], MODES[mode])
+        theirs = {mode: run_nanogcg(args, folder, tokenizer.chat_template, row["prompt"], row["target"], mode)
                   for mode in args.nanogcg_modes}
-    search = ours.pop("search")
+    search = [run.pop("search") for run in ours.values()][0]
     for run in theirs.values():
         run["best_string_rescored"] = rescore(search, tokenizer, run["best_string"])
-    per_step = {"ours": statistics.median(ours["step_s"])}
+    per_step = {f"ours {mode}": statistics.median(run["step_s"]) for mode, run in ours.items()}
     per_step.update({f"nanogcg {mode}": statistics.median(run["step_s"]) for mode, run in theirs.items()})
     result = {
         "model": args.model, "dtype": args.dtype, "device": str(models.resolve_device(args.device)),
         "threads": torch.get_num_threads(), "prompt": row["prompt"], "target": row["target"], "steps": args.steps,
         "search_width": args.search_width, "topk": args.topk, "batch_size": args.batch_size,
-        "nanogcg_batch_size": args.nanogcg_batch_size,
+        "nanogcg_batch_size": args.nanogcg_batch_size, "screen_dtype": args.screen_dtype, "margin": args.margin,
         "suffix_tokens": args.suffix_tokens, "seed": args.seed,
         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
         "median_step_s": per_step,
-        "speedup": {mode: per_step[f"nanogcg {mode}"] / per_step["ours"] for mode in theirs},
-        "final_best_loss": {"ours": ours["losses"][-1]} | {f"nanogcg {m}": min(r["losses"]) for m, r in theirs.items()},
-        "ours": ours, "nanogcg": theirs,
+        "speedup": {f"ours {o} vs nanogcg {t}": per_step[f"nanogcg {t}"] / per_step[f"ours {o}"]
+                    for o in ours for t in theirs},
+        "final_best_loss": {f"ours {m}": r["losses"][-1] for m, r in ours.items()}
+        | {f"nanogcg {m}": min(r["losses"]) for m, r in theirs.items()},
+        "ours": ours, "nanogcg": theirs, "screening_check": check,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -165,15 +212,23 @@ def main() -> None:
     print(f"model {args.model} ({args.dtype}, {result['device']}, {result['threads']} threads), "
           f"{args.steps} steps, width {args.search_width}, top-{args.topk}, batch {args.batch_size} "
           f"(nanoGCG: {args.nanogcg_batch_size or args.search_width})")
-    print("loss ours (best so far)      ", " ".join(f"{x:.3f}" for x in ours["losses"]))
+    for mode, run in ours.items():
+        print(f"ours {mode}: {per_step[f'ours {mode}']:.2f} s/step; loss (best so far)",
+              " ".join(f"{x:.3f}" for x in run["losses"]), "| exactly scored per step:", run["exactly_scored_per_step"])
     for mode, run in theirs.items():
-        print(f"s/step ours {per_step['ours']:.2f}  nanoGCG {mode} {per_step[f'nanogcg {mode}']:.2f}  ->  "
-              f"{result['speedup'][mode]:.2f}x faster")
-        print(f"loss nanoGCG {mode} (per step)", " ".join(f"{x:.3f}" for x in run["losses"]),
+        print(f"nanoGCG {mode}: {per_step[f'nanogcg {mode}']:.2f} s/step; loss (per step)",
+              " ".join(f"{x:.3f}" for x in run["losses"]),
               f"| its best suffix re-scored by ours: {run['best_string_rescored']}")
+    if check:
+        print(f"screening check ({len(check)} steps): exact best above the screened minimum by at most "
+              f"{max(r['exact_best_above_screened_min'] for r in check):.4f} (margin {args.margin}); same pick as "
+              f"exact GCG {sum(r['same_pick_as_exact'] for r in check)}/{len(check)}; shortlist sizes "
+              f"{[r['shortlist'] for r in check]}; error spread at most {max(r['error_spread'] for r in check):.4f}")
+    for name, ratio in result["speedup"].items():
+        print(f"{name}: {ratio:.2f}x faster per step")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     mismatched = {mode: run["best_string_rescored"] for mode, run in theirs.items()
-                  if run["best_string_rescored"] is not None
+                  if MODES[mode][1] in (None, args.dtype) and run["best_string_rescored"] is not None
                   and abs(run["best_string_rescored"] - min(run["losses"])) > LOSS_TOLERANCE}
     if mismatched:
         sys.exit(f"nanoGCG's best loss and our score of its best suffix differ by more than {LOSS_TOLERANCE} "

@@ -113,6 +113,8 @@ class Params:
     gcg_suffix_tokens: int = 20  # GCG: adversarial suffix length in tokens, initialised to "! ! ..."
     gcg_batch_size: int = 4  # GCG: candidates per forward pass, sorted by swapped position (smaller: more cache reuse; larger: better GPU use)
     gcg_check_every: int = 3  # GCG: steps between success checks (short greedy response, keyword judge); stops at the first success
+    gcg_screen_dtype: Literal["bfloat16", "float16"] | None = "bfloat16"  # GCG: dtype of a model copy that proposes and ranks candidates before the model scores the shortlist (null or the model's dtype: no copy; float16 is slow on CPUs)
+    gcg_screen_margin: float = 0.02  # GCG: candidates within this of the screened minimum get an exact score (larger: safer, slower)
     autodan_population: int = 6  # AutoDAN: templates per generation (paper: 256)
     autodan_steps: int = 2  # AutoDAN: maximum generations per prompt (paper: 100)
     autodan_elite_frac: float = 0.05  # AutoDAN: share of elites kept unchanged (at least one; paper: 0.05)
@@ -256,6 +258,8 @@ def _check_ranges(p: Params, source: str) -> None:
     for key in ["autodan_elite_frac", "autodan_crossover", "autodan_mutation"]:
         if not 0.0 <= getattr(p, key) <= 1.0:
             raise ParamsError(f"{source}: key {key!r} expects a probability in [0, 1], got {getattr(p, key)!r}")
+    if p.gcg_screen_margin <= 0:
+        raise ParamsError(f"{source}: key 'gcg_screen_margin' expects a positive float, got {p.gcg_screen_margin!r}")
     if p.autodan_population < 2:
         raise ParamsError(f"{source}: key 'autodan_population' expects at least 2, got {p.autodan_population!r}")
     for key in ["subspace_sft_steps", "subspace_sft_batch_size", "subspace_sft_response_tokens",  # safety subspaces (issue 8)

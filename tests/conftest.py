@@ -29,11 +29,12 @@ def tiny_params(tmp_path, monkeypatch) -> params.Params:
 
 
 @pytest.fixture
-def lively(tiny):
-    """The tiny model with large random decoder weights. At the default init its output merely echoes the
+def lively():
+    """A fresh tiny model with large random decoder weights. At the default init its output merely echoes the
     last input token (tied embeddings), here "\\n" of the chat template, which every response strips; with
-    these weights the next token depends on the whole prompt, so padding and ordering errors show."""
-    model, tokenizer = tiny
+    these weights the next token depends on the whole prompt, so padding and ordering errors show (and
+    candidate losses spread)."""
+    model, tokenizer = models.load_model("tiny", dtype="float32", device="cpu", seed=0)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for weight in models.decoder_layers(model).parameters():

@@ -37,11 +37,10 @@ def _search(tiny, **kw) -> gcg.GCG:
 
 def test_cached_candidate_scores_equal_a_full_forward(tiny):
     search = _search(tiny)
-    grad, kv_suffix = search._token_gradient()
+    grad, kv_suffix = search._token_gradient(search.exact)
     candidates = search._sample(grad)[:7]
-    positions = (candidates != search.suffix).int().argmax(1)
     with torch.no_grad():
-        cached = search._score(candidates, positions, kv_suffix)
+        cached = search._score(search.exact, candidates, search._positions(candidates), kv_suffix)
     for cand, loss in zip(candidates, cached):
         prompt = torch.cat([search.before, cand, search.after])
         assert loss.item() == pytest.approx(_full_loss(tiny[0], prompt, search.target), abs=1e-4)
@@ -57,10 +56,28 @@ def test_gcg_step_never_raises_the_best_loss(tiny):
     assert search.loss == pytest.approx(_full_loss(tiny[0], search.prompt_ids(), search.target), abs=1e-4)
 
 
+def test_screening_shortlists_the_exact_best_and_records_exact_losses(lively):
+    model, _ = lively
+    assert gcg.screen_copy(model, "float32") is None and gcg.screen_copy(model, None) is None
+    search = _search(lively, screen=gcg.screen_copy(model, "bfloat16"), margin=0.01)  # its losses spread ~0.1
+    assert search.screen.model.dtype == torch.bfloat16 and search.exact.model is model
+    grad, kv_screen = search._token_gradient(search.screen)
+    with torch.no_grad():
+        candidates = search._sample(grad)
+        exact = search._score(search.exact, candidates, search._positions(candidates),
+                              search._extend_kv(search.exact, search.suffix))
+        shortlist = search._screened(candidates, kv_screen)
+    assert 0 < len(shortlist) < len(candidates)  # the model scores only a few of the swaps
+    assert (shortlist == candidates[exact.argmin()]).all(1).any()  # and the exact best is among them
+    losses = [search.loss] + [search.step() for _ in range(3)]
+    assert all(b <= a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0]
+    assert search.loss == pytest.approx(_full_loss(model, search.prompt_ids(), search.target), abs=1e-4)
+
+
 def test_filtered_candidates_keep_the_suffix_length_in_tokens(tiny):
     _, tokenizer = tiny
     search = _search(tiny)
-    grad, _ = search._token_gradient()
+    grad, _ = search._token_gradient(search.exact)
     bang = gcg.encode(tokenizer, "!")
     assert len(bang) == 1 and len(gcg.encode(tokenizer, " !!")) == 1  # " !" then "!" re-tokenises as one token
     merging = search.suffix.clone()

@@ -31,6 +31,7 @@ def test_unknown_key_names_file_and_key(tmp_path):
 @pytest.mark.parametrize("key,value,expected", [
     ("n_eval", "ten", "int"), ("n_eval", 2.5, "int"), ("n_eval", True, "int"),
     ("confidence", "high", "float"), ("dtype", "fp8", "one of 'float32'"), ("model", 3, "str"),
+    ("gcg_screen_dtype", "int8", "one of 'bfloat16', 'float16' or None"),
 ])
 def test_wrong_type_names_key_and_expected_type(tmp_path, key, value, expected):
     f = tmp_path / "bad.yaml"
@@ -48,6 +49,9 @@ def test_out_of_range_values_are_errors():
         params.from_mapping({"n_eval": 0})
     with pytest.raises(ParamsError, match="'confidence'"):
         params.from_mapping({"confidence": 1.5})
+    with pytest.raises(ParamsError, match="'gcg_screen_margin' expects a positive float"):
+        params.from_mapping({"gcg_screen_margin": 0.0})
+    assert params.from_mapping({"gcg_screen_dtype": None}).gcg_screen_dtype is None
 
 
 def test_missing_and_malformed_files(tmp_path):

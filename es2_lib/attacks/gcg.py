@@ -10,12 +10,21 @@ Speed (DESIGN.md §7): the KV cache of the fixed prompt before the suffix is com
 that swaps position i also reuses the current suffix's cache up to i (candidates are sorted by position);
 the 150k-wide head is applied only at the target positions. `target_losses` is the one scoring function of
 both prompt attacks: AutoDAN's fitness uses it too.
+
+Screening: with a `screen` copy of the model in a cheaper dtype (bfloat16 for a float32 model: twice the
+matmul throughput on CPUs with AVX512-BF16 and on GPUs), that copy proposes (the gradient) and ranks (scores
+every candidate), and the model itself decides: only candidates whose screened loss is within `margin` of the
+screened minimum are scored again in the model's own dtype, and the best of those is kept. Every recorded
+loss is therefore an exact one, and the kept candidate is the exact best whenever that candidate's screened
+loss is within `margin` of the screened minimum (bfloat16 on the embedded model: it was at most 0.005 above,
+bench/README.md).
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import torch
@@ -135,13 +144,29 @@ class AttackResult:
         return len(self.losses) - 1
 
 
+def screen_copy(model: nn.Module, dtype: str | None) -> nn.Module | None:
+    """A copy of `model` in `dtype` for GCG's screening, or None when `dtype` is None or already the model's."""
+    if dtype is None or getattr(torch, dtype) == next(model.parameters()).dtype:
+        return None
+    return deepcopy(model).to(getattr(torch, dtype)).eval()
+
+
+@dataclass
+class _Replica:
+    """One copy of the attacked model and the KV cache of the prompt before the suffix under it."""
+    model: nn.Module
+    kv_before: KV
+
+
 class GCG:
-    """The state of one GCG search: the token pieces of the prompt, the current suffix and its loss."""
+    """The state of one GCG search: the token pieces of the prompt, the current suffix and its (exact) loss."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, instruction: str, target: str,
-                 n_tokens: int = 20, topk: int = 256, search_width: int = 512, batch_size: int = 128, seed: int = 0):
-        self.model, self.tokenizer = model, tokenizer
-        self.topk, self.search_width, self.batch_size = topk, search_width, batch_size
+                 n_tokens: int = 20, topk: int = 256, search_width: int = 512, batch_size: int = 128, seed: int = 0,
+                 screen: nn.Module | None = None, margin: float = 0.02):
+        self.tokenizer = tokenizer
+        self.topk, self.search_width, self.batch_size, self.margin = topk, search_width, batch_size, margin
+        self.verified: list[int] = []  # per step: candidates scored in the model's own dtype
         device = next(model.parameters()).device
         self.before_text, self.after_text = chat_around(tokenizer, instruction)
         self.instruction = instruction
@@ -155,10 +180,11 @@ class GCG:
         embeddings = model.get_input_embeddings().weight  # [vocab, hidden]
         self.allowed = allowed_tokens(tokenizer, embeddings.shape[0]).to(device)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.kv_before = prefix_kv(model, self.before)
+        self.exact = _Replica(model, prefix_kv(model, self.before))
+        self.screen = _Replica(screen, prefix_kv(screen, self.before)) if screen is not None else None
         with torch.no_grad():
-            self.loss = self._score(self.suffix[None], torch.zeros(1, dtype=torch.long, device=device),
-                                    self._extend_kv(self.suffix))[0].item()
+            self.loss = self._score(self.exact, self.suffix[None], torch.zeros(1, dtype=torch.long, device=device),
+                                    self._extend_kv(self.exact, self.suffix))[0].item()
 
     @property
     def message(self) -> str:
@@ -169,17 +195,19 @@ class GCG:
         """The chat prompt's tokens, ending with the generation prompt. [length]"""
         return torch.cat([self.before, self.suffix, self.after])
 
-    def _extend_kv(self, suffix: Tensor) -> KV:
-        """The KV cache of the prefix followed by `suffix` (no gradient)."""
-        cache = _cache(self.model, self.kv_before, 1, len(self.before))
+    def _extend_kv(self, replica: _Replica, suffix: Tensor) -> KV:
+        """The KV cache of the prefix followed by `suffix` under `replica` (no gradient)."""
+        if not len(suffix):
+            return replica.kv_before
+        cache = _cache(replica.model, replica.kv_before, 1, len(self.before))
         with torch.no_grad():
-            decoder_and_head(self.model)[0](input_ids=suffix[None], past_key_values=cache, use_cache=True)
+            decoder_and_head(replica.model)[0](input_ids=suffix[None], past_key_values=cache, use_cache=True)
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _token_gradient(self) -> tuple[Tensor, KV]:
-        """Gradient of the target CE w.r.t. the one-hot suffix [n_tokens, vocab], and the KV cache of
-        prefix + current suffix from the same forward pass."""
-        embed = self.model.get_input_embeddings()
+    def _token_gradient(self, replica: _Replica) -> tuple[Tensor, KV]:
+        """Gradient of the target CE under `replica` w.r.t. the one-hot suffix [n_tokens, vocab], and the KV cache
+        of prefix + current suffix from the same forward pass."""
+        embed = replica.model.get_input_embeddings()
         one_hot = torch.zeros(len(self.suffix), embed.weight.shape[0], dtype=embed.weight.dtype,
                               device=self.suffix.device)
         one_hot.scatter_(1, self.suffix[:, None], 1.0)
@@ -187,8 +215,8 @@ class GCG:
         tail = torch.cat([self.after, self.target])
         embeds = torch.cat([one_hot @ embed.weight, embed(tail)])[None]  # [1, suffix + after + target, hidden]
         rows = torch.cat([self.suffix, tail])[None]
-        cache = _cache(self.model, self.kv_before, 1, len(self.before))
-        decoder, lm_head = decoder_and_head(self.model)
+        cache = _cache(replica.model, replica.kv_before, 1, len(self.before))
+        decoder, lm_head = decoder_and_head(replica.model)
         hidden = decoder(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
         n_target = len(self.target)
         logits = lm_head(hidden[0, -n_target - 1:-1]).float()  # [n_target, vocab]
@@ -224,9 +252,10 @@ class GCG:
         same_ids = (encoded["input_ids"][:, -width:] == expected[:, -width:]).all(1)  # left-padded
         return (same_length & same_ids).to(candidates.device)
 
-    def _score(self, candidates: Tensor, positions: Tensor, kv_suffix: KV) -> Tensor:
-        """Target CE of each candidate suffix [n, n_tokens], in batches of `batch_size` sorted by the first
-        swapped position so a batch recomputes only from its earliest swap onward. [n]"""
+    def _score(self, replica: _Replica, candidates: Tensor, positions: Tensor, kv_suffix: KV) -> Tensor:
+        """Target CE under `replica` of each candidate suffix [n, n_tokens], in batches of `batch_size` sorted by
+        the first swapped position so a batch recomputes only from its earliest swap onward (`kv_suffix`: the
+        cache of prefix + current suffix under the same replica). [n], float32"""
         order = positions.argsort()
         tail = torch.cat([self.after, self.target])
         losses = torch.empty(len(candidates), device=candidates.device)
@@ -235,19 +264,37 @@ class GCG:
             first = int(positions[index].min())
             rows = torch.cat([candidates[index, first:], tail.expand(len(index), -1)], 1)
             lengths = torch.full((len(index),), rows.shape[1], device=rows.device)
-            losses[index] = target_losses(self.model, kv_suffix, len(self.before) + first, rows, lengths,
+            losses[index] = target_losses(replica.model, kv_suffix, len(self.before) + first, rows, lengths,
                                           len(self.target)).to(losses.dtype)
         return losses
 
+    def _screened(self, candidates: Tensor, kv_screen: KV) -> Tensor:
+        """The candidates worth an exact score, by their losses under the screening copy. [m, n_tokens]"""
+        return candidates[self._shortlist(self._score(self.screen, candidates, self._positions(candidates), kv_screen))]
+
+    def _shortlist(self, screened: Tensor) -> Tensor:
+        """Which screened losses [n] are within `margin` of their minimum and below the current loss + margin / 2
+        (screening errors partly cancel in differences, not against the exact current loss). [n] bool"""
+        return (screened <= screened.min() + self.margin) & (screened < self.loss + self.margin / 2)
+
+    def _positions(self, candidates: Tensor) -> Tensor:
+        """The swapped position of each candidate. [n]"""
+        return (candidates != self.suffix).int().argmax(1)
+
     def step(self) -> float:
-        """One GCG iteration; returns the best loss so far (never higher than before the step)."""
-        grad, kv_suffix = self._token_gradient()
+        """One GCG iteration; returns the best loss so far (never higher than before the step). With screening,
+        the screening copy gives the gradient and ranks the candidates, and the model scores the shortlist."""
+        grad, kv_suffix = self._token_gradient(self.screen or self.exact)
         with torch.no_grad():
             candidates = self._sample(grad)
             candidates = candidates[self._retokenises(candidates)]
+            if self.screen is not None and len(candidates):
+                candidates = self._screened(candidates, kv_suffix)
+            self.verified.append(len(candidates))
             if len(candidates):
-                positions = (candidates != self.suffix).int().argmax(1)  # the swapped position of each
-                losses = self._score(candidates, positions, kv_suffix)
+                if self.screen is not None:  # kv_suffix is the screening copy's: extend the model's to the first swap
+                    kv_suffix = self._extend_kv(self.exact, self.suffix[:int(self._positions(candidates).min())])
+                losses = self._score(self.exact, candidates, self._positions(candidates), kv_suffix)
                 best = int(losses.argmin())
                 if losses[best].item() < self.loss:
                     self.suffix, self.loss = candidates[best], losses[best].item()
@@ -256,11 +303,12 @@ class GCG:
 
 def run_gcg(model: nn.Module, tokenizer: PreTrainedTokenizerBase, instruction: str, target: str, steps: int,
             n_tokens: int = 20, topk: int = 256, search_width: int = 512, batch_size: int = 128,
-            check_every: int = 10, check_tokens: int = 32, seed: int = 0, show_progress: bool = False) -> AttackResult:
+            check_every: int = 10, check_tokens: int = 32, seed: int = 0, show_progress: bool = False,
+            screen: nn.Module | None = None, margin: float = 0.02) -> AttackResult:
     """GCG on one instruction for up to `steps` steps. Every `check_every` steps (and before the first) a
     short greedy response to the current prompt is judged by the keyword judge; the search stops at the
-    first response that is not a refusal."""
-    gcg = GCG(model, tokenizer, instruction, target, n_tokens, topk, search_width, batch_size, seed)
+    first response that is not a refusal. `screen` and `margin`: see `GCG` (screening)."""
+    gcg = GCG(model, tokenizer, instruction, target, n_tokens, topk, search_width, batch_size, seed, screen, margin)
     result = AttackResult(instruction, gcg.message, losses=[gcg.loss])
     loop = range(steps + 1)
     for step in progress(loop, desc="gcg") if show_progress else loop:
@@ -301,10 +349,13 @@ def search_summary(extra: dict) -> dict:
 def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], p: Params) -> Outcome:
     """GCG on each harmful row {"prompt", "target"} with the budget of `p`, and the responses it obtains."""
     start = time.perf_counter()
+    screen = screen_copy(model, p.gcg_screen_dtype)
     results = [run_gcg(model, tokenizer, row["prompt"], row["target"], p.gcg_steps, p.gcg_suffix_tokens, p.gcg_topk,
-                       p.gcg_search_width, p.gcg_batch_size, p.gcg_check_every, p.attack_check_tokens, p.seed + i)
+                       p.gcg_search_width, p.gcg_batch_size, p.gcg_check_every, p.attack_check_tokens, p.seed + i,
+                       screen=screen, margin=p.gcg_screen_margin)
                for i, row in enumerate(progress(rows, desc="gcg prompts"))]
     budget = {"steps": p.gcg_steps, "topk": p.gcg_topk, "search_width": p.gcg_search_width,
               "suffix_tokens": p.gcg_suffix_tokens, "check_every": p.gcg_check_every,
-              "check_tokens": p.attack_check_tokens}
+              "check_tokens": p.attack_check_tokens, "screen_dtype": p.gcg_screen_dtype if screen else None,
+              "screen_margin": p.gcg_screen_margin}
     return outcome("gcg", model, tokenizer, results, budget, p, time.perf_counter() - start)
