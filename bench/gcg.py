@@ -159,17 +159,17 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("agg")
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(5.5, 3.5))
+    fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
     for mode, run in result["ours"].items():
         ax.plot(range(len(run["losses"])), run["losses"], marker="o", label=f"ours, {mode} (best so far)")
     for mode, run in result["nanogcg"].items():
         theirs = run["losses"]
         ax.plot(range(1, len(theirs) + 1), [min(theirs[:i + 1]) for i in range(len(theirs))], ls="--",
-                marker="s", label=f"nanoGCG, {mode} (best so far)")
+                marker="s", label=f"nanoGCG, {mode} (best so far{', its bf16 losses' if MODES[mode][1] else ''})")
     ax.set(xlabel="step", ylabel="target cross-entropy",
            title=f"GCG, {result['model']}, width {result['search_width']}, top-{result['topk']}")
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -72,6 +72,10 @@ def test_screening_shortlists_the_exact_best_and_records_exact_losses(lively):
     losses = [search.loss] + [search.step() for _ in range(3)]
     assert all(b <= a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0]
     assert search.loss == pytest.approx(_full_loss(model, search.prompt_ids(), search.target), abs=1e-4)
+    search.margin, search.batch_size = 1.0, 2  # a long shortlist, scored in several batches
+    search.step()
+    assert search.verified[-1] > 2
+    assert search.loss == pytest.approx(_full_loss(model, search.prompt_ids(), search.target), abs=1e-4)
 
 
 def test_filtered_candidates_keep_the_suffix_length_in_tokens(tiny):

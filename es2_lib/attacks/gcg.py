@@ -85,6 +85,8 @@ def prefix_kv(model: nn.Module, ids: Tensor) -> KV:
 def _cache(model: nn.Module, kv: KV, batch: int, length: int) -> DynamicCache:
     """A fresh cache holding the first `length` positions of `kv`, expanded to `batch` rows. Forward calls
     append to a DynamicCache in place, so every call gets its own and `kv` itself is never changed."""
+    if length > kv[0][0].shape[2]:
+        raise ValueError(f"a cache of {kv[0][0].shape[2]} positions cannot supply the first {length}")
     data = [(k[:, :, :length].expand(batch, -1, -1, -1), v[:, :, :length].expand(batch, -1, -1, -1)) for k, v in kv]
     return DynamicCache(ddp_cache_data=data, config=model.config)
 
@@ -197,8 +199,6 @@ class GCG:
 
     def _extend_kv(self, replica: _Replica, suffix: Tensor) -> KV:
         """The KV cache of the prefix followed by `suffix` under `replica` (no gradient)."""
-        if not len(suffix):
-            return replica.kv_before
         cache = _cache(replica.model, replica.kv_before, 1, len(self.before))
         with torch.no_grad():
             decoder_and_head(replica.model)[0](input_ids=suffix[None], past_key_values=cache, use_cache=True)
@@ -292,8 +292,8 @@ class GCG:
                 candidates = self._screened(candidates, kv_suffix)
             self.verified.append(len(candidates))
             if len(candidates):
-                if self.screen is not None:  # kv_suffix is the screening copy's: extend the model's to the first swap
-                    kv_suffix = self._extend_kv(self.exact, self.suffix[:int(self._positions(candidates).min())])
+                if self.screen is not None:  # kv_suffix is the screening copy's
+                    kv_suffix = self._extend_kv(self.exact, self.suffix)
                 losses = self._score(self.exact, candidates, self._positions(candidates), kv_suffix)
                 best = int(losses.argmin())
                 if losses[best].item() < self.loss:
