@@ -22,7 +22,7 @@ test: setup  ## unit tests, the embedded-model checks, and every notebook on par
 bench: setup $(NANOGCG)/bin/nanogcg-installed  ## every benchmark of bench/README.md, on the embedded model
 	$(PY) bench/extraction.py
 	$(PY) bench/es2_throughput.py
-	$(PY) bench/gcg.py --steps 10 --check-screening 5 --nanogcg-python $(NANOGCG)/bin/python
+	$(PY) bench/gcg.py --steps 10 --prompt-index 0 1 2 3 --check-screening 3 --nanogcg-modes prefix-cache --nanogcg-python $(NANOGCG)/bin/python
 
 $(NANOGCG)/bin/nanogcg-installed:  # GCG's baseline in its own environment: nanogcg pins transformers <= 4.47
 	python3 -m venv $(NANOGCG)

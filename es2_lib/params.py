@@ -113,7 +113,7 @@ class Params:
     gcg_suffix_tokens: int = 20  # GCG: adversarial suffix length in tokens, initialised to "! ! ..."
     gcg_batch_size: int = 4  # GCG: candidates per forward pass, sorted by swapped position (smaller: more cache reuse; larger: better GPU use)
     gcg_check_every: int = 3  # GCG: steps between success checks (short greedy response, keyword judge); stops at the first success
-    gcg_screen_dtype: Literal["bfloat16", "float16"] | None = "bfloat16"  # GCG: dtype of a model copy that proposes and ranks candidates before the model scores the shortlist (null or the model's dtype: no copy; float16 is slow on CPUs)
+    gcg_screen_dtype: Literal["bfloat16", "float16"] | None = "bfloat16"  # GCG: dtype of a model copy that ranks the candidates before the model scores the shortlist (null or the model's dtype: no copy; float16 is slow on CPUs)
     gcg_screen_margin: float = 0.02  # GCG: candidates within this of the screened minimum get an exact score (larger: safer, slower)
     autodan_population: int = 6  # AutoDAN: templates per generation (paper: 256)
     autodan_steps: int = 2  # AutoDAN: maximum generations per prompt (paper: 100)

@@ -37,14 +37,32 @@ def _search(tiny, **kw) -> gcg.GCG:
 
 def test_cached_candidate_scores_equal_a_full_forward(tiny):
     search = _search(tiny)
-    grad, kv_suffix = search._token_gradient(search.exact)
-    candidates = search._sample(grad)[:7]
+    candidates = search._sample(search.grad)[:7]
     with torch.no_grad():
-        cached = search._score(search.exact, candidates, search._positions(candidates), kv_suffix)
+        cached = search._score(search.exact, candidates, search._positions(candidates), search.kv)
     for cand, loss in zip(candidates, cached):
         prompt = torch.cat([search.before, cand, search.after])
         assert loss.item() == pytest.approx(_full_loss(tiny[0], prompt, search.target), abs=1e-4)
     assert search.loss == pytest.approx(_full_loss(tiny[0], search.prompt_ids(), search.target), abs=1e-4)
+
+
+def test_target_losses_over_a_vocabulary_subset_are_its_softmax(tiny):
+    model = tiny[0]
+    search = _search(tiny)
+    candidates = search._sample(search.grad)[:5]
+    positions = search._positions(candidates)
+    with torch.no_grad():
+        full = search._score(search.exact, candidates, positions, search.kv)
+        every = search._score(search.exact, candidates, positions, search.kv, torch.arange(model.config.vocab_size))
+        subset = search._score(search.exact, candidates, positions, search.kv, search.likely)
+        for cand, loss in zip(candidates, subset):  # the reference: a full forward, softmax over the subset only
+            ids = torch.cat([search.before, cand, search.after, search.target])[None]
+            logits = model(input_ids=ids).logits[0, -len(search.target) - 1:-1, search.likely]
+            reference = torch.nn.functional.cross_entropy(logits, torch.searchsorted(search.likely, search.target))
+            assert loss.item() == pytest.approx(reference.item(), abs=1e-4)
+    assert torch.allclose(full, every, atol=1e-5)
+    assert len(search.likely) < model.config.vocab_size and torch.isin(search.target, search.likely).all()
+    assert (subset < full).all()  # a softmax over fewer tokens gives every target more probability
 
 
 def test_gcg_step_never_raises_the_best_loss(tiny):
@@ -61,17 +79,19 @@ def test_screening_shortlists_the_exact_best_and_records_exact_losses(lively):
     assert gcg.screen_copy(model, "float32") is None and gcg.screen_copy(model, None) is None
     search = _search(lively, screen=gcg.screen_copy(model, "bfloat16"), margin=0.01)  # its losses spread ~0.1
     assert search.screen.model.dtype == torch.bfloat16 and search.exact.model is model
-    grad, kv_screen = search._token_gradient(search.screen)
     with torch.no_grad():
-        candidates = search._sample(grad)
-        exact = search._score(search.exact, candidates, search._positions(candidates),
-                              search._extend_kv(search.exact, search.suffix))
-        shortlist = search._screened(candidates, kv_screen)
+        candidates = search._sample(search.grad)
+        exact = search._score(search.exact, candidates, search._positions(candidates), search.kv)
+        shortlist = search._screened(candidates)
     assert 0 < len(shortlist) < len(candidates)  # the model scores only a few of the swaps
     assert (shortlist == candidates[exact.argmin()]).all(1).any()  # and the exact best is among them
+    search, exact_search = _search(lively, screen=search.screen.model, margin=0.01), _search(lively)  # fresh seeds
     losses = [search.loss] + [search.step() for _ in range(3)]
     assert all(b <= a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0]
     assert search.loss == pytest.approx(_full_loss(model, search.prompt_ids(), search.target), abs=1e-4)
+    # proposals come from the model's gradient, so with the exact best shortlisted it takes the exact search's steps
+    assert losses == pytest.approx([exact_search.loss] + [exact_search.step() for _ in range(3)], abs=1e-5)
+    assert (search.suffix == exact_search.suffix).all() and min(search.verified) < max(exact_search.verified)
     search.margin, search.batch_size = 1.0, 2  # a long shortlist, scored in several batches
     search.step()
     assert search.verified[-1] > 2
@@ -81,12 +101,11 @@ def test_screening_shortlists_the_exact_best_and_records_exact_losses(lively):
 def test_filtered_candidates_keep_the_suffix_length_in_tokens(tiny):
     _, tokenizer = tiny
     search = _search(tiny)
-    grad, _ = search._token_gradient(search.exact)
     bang = gcg.encode(tokenizer, "!")
     assert len(bang) == 1 and len(gcg.encode(tokenizer, " !!")) == 1  # " !" then "!" re-tokenises as one token
     merging = search.suffix.clone()
     merging[1] = bang[0]
-    candidates = torch.cat([search._sample(grad), merging[None]])
+    candidates = torch.cat([search._sample(search.grad), merging[None]])
     keep = search._retokenises(candidates)
     assert not keep[-1] and keep.any()
     for cand in candidates[keep]:

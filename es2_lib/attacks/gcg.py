@@ -8,16 +8,20 @@ batches and keeps the best (the current suffix counts as a candidate, so the los
 
 Speed (DESIGN.md §7): the KV cache of the fixed prompt before the suffix is computed once; a candidate
 that swaps position i also reuses the current suffix's cache up to i (candidates are sorted by position);
-the 150k-wide head is applied only at the target positions. `target_losses` is the one scoring function of
-both prompt attacks: AutoDAN's fitness uses it too.
+the 150k-wide head is applied only at the target positions. The gradient for the next step is taken once the
+step has moved (a step that does not move keeps it), and its forward pass also gives the new suffix's loss
+and cache. `target_losses` is the one scoring function of both prompt attacks: AutoDAN's fitness uses it too.
 
 Screening: with a `screen` copy of the model in a cheaper dtype (bfloat16 for a float32 model: twice the
-matmul throughput on CPUs with AVX512-BF16 and on GPUs), that copy proposes (the gradient) and ranks (scores
-every candidate), and the model itself decides: only candidates whose screened loss is within `margin` of the
-screened minimum are scored again in the model's own dtype, and the best of those is kept. Every recorded
-loss is therefore an exact one, and the kept candidate is the exact best whenever that candidate's screened
-loss is within `margin` of the screened minimum (bfloat16 on the embedded model: it was at most 0.005 above,
-bench/README.md).
+matmul throughput on CPUs with AVX512-BF16 and on GPUs), that copy scores every candidate, with its softmax over
+only the tokens the model finds likely at the target positions for the current suffix (its top `SCREEN_TOP_TOKENS`
+at each; the rest of the vocabulary holds under 0.3 % of the probability there on the embedded model, and
+candidates' errors from it differ by under 0.001, against 0.02–0.035 from bfloat16), and the model itself
+decides: only candidates whose screened loss is within `margin` of the screened minimum are scored again in the
+model's own dtype (a shortlist of one is scored by the gradient pass it needs anyway), and the best of those is
+kept. The gradient, and so the proposals, are the model's own, every recorded loss is an exact one, and a
+screened search takes the same steps as an exact one for as long as each step's exact best is on the shortlist
+(bench/README.md measures how often it is).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from . import Outcome
 
 KV = list[tuple[Tensor, Tensor]]  # per decoder layer: keys and values [batch, kv_heads, length, head_dim]
 MARK = "<<es2-attack-slot>>"  # where the attacked text goes in the chat template
+SCREEN_TOP_TOKENS = 1024  # per target position: the screening softmax's tokens (with the targets: ~7k of 152k)
 
 
 # --- the prompt around the attacked text ------------------------------------------------------------
@@ -91,24 +96,27 @@ def _cache(model: nn.Module, kv: KV, batch: int, length: int) -> DynamicCache:
     return DynamicCache(ddp_cache_data=data, config=model.config)
 
 
-def target_losses(
-    model: nn.Module, kv: KV, kv_length: int, rows: Tensor, lengths: Tensor, n_target: int,
-    embeds: Tensor | None = None,
-) -> Tensor:
+def target_losses(model: nn.Module, kv: KV, kv_length: int, rows: Tensor, lengths: Tensor, n_target: int,
+                  vocab: Tensor | None = None) -> Tensor:
     """Mean cross-entropy of the last `n_target` real tokens of each row, after the first `kv_length` cached
     positions. `rows` [batch, width] are right-padded token ids and `lengths` [batch] their real lengths
-    (right padding needs no attention mask under a causal mask). `embeds` [batch, width, hidden], when
-    given, replace the rows' embeddings (for the gradient). The head runs only at the target positions. [batch]"""
+    (right padding needs no attention mask under a causal mask). The last column is not fed (no row's last token
+    predicts a target) and the head runs only at the target positions; `vocab` (sorted token ids, the targets
+    among them), when given, limits the softmax to those tokens. [batch]"""
     decoder, lm_head = decoder_and_head(model)
     batch = rows.shape[0]
     past = _cache(model, kv, batch, kv_length) if kv_length > 0 else None
-    inputs = dict(inputs_embeds=embeds) if embeds is not None else dict(input_ids=rows)
-    hidden = decoder(**inputs, past_key_values=past, use_cache=past is not None).last_hidden_state  # [b, width, h]
+    hidden = decoder(input_ids=rows[:, :-1], past_key_values=past, use_cache=past is not None).last_hidden_state
     offsets = torch.arange(n_target, device=rows.device)
     predict_at = (lengths - n_target - 1)[:, None] + offsets  # [b, n_target]: positions predicting the targets
     states = hidden.gather(1, predict_at[..., None].expand(-1, -1, hidden.shape[-1]))  # [b, n_target, h]
-    logits = lm_head(states).float()  # [b, n_target, vocab]
     targets = rows.gather(1, predict_at + 1)  # [b, n_target]
+    if vocab is None:
+        logits = lm_head(states).float()  # [b, n_target, vocab]
+    else:
+        bias = None if lm_head.bias is None else lm_head.bias[vocab]
+        logits = torch.nn.functional.linear(states, lm_head.weight[vocab], bias).float()  # [b, n_target, len(vocab)]
+        targets = torch.searchsorted(vocab, targets)
     return _cross_entropy(logits, targets).mean(1)
 
 
@@ -161,7 +169,8 @@ class _Replica:
 
 
 class GCG:
-    """The state of one GCG search: the token pieces of the prompt, the current suffix and its (exact) loss."""
+    """The state of one GCG search: the token pieces of the prompt, and the current suffix with its exact loss,
+    its gradient, its KV caches (under the model and the screening copy) and the screening softmax's tokens."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, instruction: str, target: str,
                  n_tokens: int = 20, topk: int = 256, search_width: int = 512, batch_size: int = 128, seed: int = 0,
@@ -184,9 +193,8 @@ class GCG:
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.exact = _Replica(model, prefix_kv(model, self.before))
         self.screen = _Replica(screen, prefix_kv(screen, self.before)) if screen is not None else None
-        with torch.no_grad():
-            self.loss = self._score(self.exact, self.suffix[None], torch.zeros(1, dtype=torch.long, device=device),
-                                    self._extend_kv(self.exact, self.suffix))[0].item()
+        self.loss, self.grad, self.kv, self.likely = self._gradient(self.suffix)
+        self.kv_screen = self._extend_kv(self.screen, self.suffix) if self.screen else None
 
     @property
     def message(self) -> str:
@@ -204,27 +212,35 @@ class GCG:
             decoder_and_head(replica.model)[0](input_ids=suffix[None], past_key_values=cache, use_cache=True)
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _token_gradient(self, replica: _Replica) -> tuple[Tensor, KV]:
-        """Gradient of the target CE under `replica` w.r.t. the one-hot suffix [n_tokens, vocab], and the KV cache
-        of prefix + current suffix from the same forward pass."""
-        embed = replica.model.get_input_embeddings()
-        one_hot = torch.zeros(len(self.suffix), embed.weight.shape[0], dtype=embed.weight.dtype,
-                              device=self.suffix.device)
-        one_hot.scatter_(1, self.suffix[:, None], 1.0)
+    def _gradient(self, suffix: Tensor) -> tuple[float, Tensor, KV, Tensor]:
+        """The model's target CE of `suffix` [n_tokens], its gradient w.r.t. the one-hot suffix [n_tokens, vocab],
+        the KV cache of prefix + suffix (one forward and one backward pass), and the sorted ids of the tokens
+        likely at the target positions (each one's top `SCREEN_TOP_TOKENS`, and the targets)."""
+        model = self.exact.model
+        embed = model.get_input_embeddings()
+        one_hot = torch.zeros(len(suffix), embed.weight.shape[0], dtype=embed.weight.dtype, device=suffix.device)
+        one_hot.scatter_(1, suffix[:, None], 1.0)
         one_hot.requires_grad_(True)
-        tail = torch.cat([self.after, self.target])
-        embeds = torch.cat([one_hot @ embed.weight, embed(tail)])[None]  # [1, suffix + after + target, hidden]
-        rows = torch.cat([self.suffix, tail])[None]
-        cache = _cache(replica.model, replica.kv_before, 1, len(self.before))
-        decoder, lm_head = decoder_and_head(replica.model)
+        tail = torch.cat([self.after, self.target[:-1]])  # the last target token predicts nothing
+        embeds = torch.cat([one_hot @ embed.weight, embed(tail)])[None]  # [1, suffix + tail, hidden]
+        cache = _cache(model, self.exact.kv_before, 1, len(self.before))
+        decoder, lm_head = decoder_and_head(model)
         hidden = decoder(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
-        n_target = len(self.target)
-        logits = lm_head(hidden[0, -n_target - 1:-1]).float()  # [n_target, vocab]
-        loss = _cross_entropy(logits, rows[0, -n_target:]).mean()
+        logits = lm_head(hidden[0, -len(self.target):]).float()  # [n_target, vocab]
+        loss = _cross_entropy(logits, self.target).mean()
         grad = torch.autograd.grad(loss, one_hot)[0]
-        end = len(self.before) + len(self.suffix)
+        end = len(self.before) + len(suffix)
         kv = [(layer.keys[:, :, :end].detach(), layer.values[:, :, :end].detach()) for layer in cache.layers]
-        return grad, kv
+        top = logits.detach().topk(min(SCREEN_TOP_TOKENS, logits.shape[-1]), -1).indices
+        return loss.item(), grad, kv, torch.unique(torch.cat([top.flatten(), self.target]))
+
+    def _move_if_better(self, candidate: Tensor) -> None:
+        """Make `candidate` [n_tokens] the current suffix if the model's loss of it (from the gradient pass the
+        next step needs) is below the current one."""
+        loss, grad, kv, likely = self._gradient(candidate)
+        if loss < self.loss:
+            self.suffix, self.loss, self.grad, self.kv, self.likely = candidate, loss, grad, kv, likely
+            self.kv_screen = self._extend_kv(self.screen, candidate) if self.screen else None
 
     def _sample(self, grad: Tensor) -> Tensor:
         """`search_width` single-token swaps: positions spread evenly over the suffix, each token drawn from
@@ -252,10 +268,11 @@ class GCG:
         same_ids = (encoded["input_ids"][:, -width:] == expected[:, -width:]).all(1)  # left-padded
         return (same_length & same_ids).to(candidates.device)
 
-    def _score(self, replica: _Replica, candidates: Tensor, positions: Tensor, kv_suffix: KV) -> Tensor:
+    def _score(self, replica: _Replica, candidates: Tensor, positions: Tensor, kv_suffix: KV,
+               vocab: Tensor | None = None) -> Tensor:
         """Target CE under `replica` of each candidate suffix [n, n_tokens], in batches of `batch_size` sorted by
         the first swapped position so a batch recomputes only from its earliest swap onward (`kv_suffix`: the
-        cache of prefix + current suffix under the same replica). [n], float32"""
+        cache of prefix + current suffix under the same replica; `vocab`: see `target_losses`). [n], float32"""
         order = positions.argsort()
         tail = torch.cat([self.after, self.target])
         losses = torch.empty(len(candidates), device=candidates.device)
@@ -265,12 +282,13 @@ class GCG:
             rows = torch.cat([candidates[index, first:], tail.expand(len(index), -1)], 1)
             lengths = torch.full((len(index),), rows.shape[1], device=rows.device)
             losses[index] = target_losses(replica.model, kv_suffix, len(self.before) + first, rows, lengths,
-                                          len(self.target)).to(losses.dtype)
+                                          len(self.target), vocab).to(losses.dtype)
         return losses
 
-    def _screened(self, candidates: Tensor, kv_screen: KV) -> Tensor:
+    def _screened(self, candidates: Tensor) -> Tensor:
         """The candidates worth an exact score, by their losses under the screening copy. [m, n_tokens]"""
-        return candidates[self._shortlist(self._score(self.screen, candidates, self._positions(candidates), kv_screen))]
+        screened = self._score(self.screen, candidates, self._positions(candidates), self.kv_screen, self.likely)
+        return candidates[self._shortlist(screened)]
 
     def _shortlist(self, screened: Tensor) -> Tensor:
         """Which screened losses [n] are within `margin` of their minimum and below the current loss + margin / 2
@@ -283,21 +301,19 @@ class GCG:
 
     def step(self) -> float:
         """One GCG iteration; returns the best loss so far (never higher than before the step). With screening,
-        the screening copy gives the gradient and ranks the candidates, and the model scores the shortlist."""
-        grad, kv_suffix = self._token_gradient(self.screen or self.exact)
+        the screening copy ranks the candidates and the model scores the shortlist."""
         with torch.no_grad():
-            candidates = self._sample(grad)
+            candidates = self._sample(self.grad)
             candidates = candidates[self._retokenises(candidates)]
-            if self.screen is not None and len(candidates):
-                candidates = self._screened(candidates, kv_suffix)
+            if self.screen is not None and len(candidates) > 1:
+                candidates = self._screened(candidates)
             self.verified.append(len(candidates))
-            if len(candidates):
-                if self.screen is not None:  # kv_suffix is the screening copy's
-                    kv_suffix = self._extend_kv(self.exact, self.suffix)
-                losses = self._score(self.exact, candidates, self._positions(candidates), kv_suffix)
+            if len(candidates) > 1:
+                losses = self._score(self.exact, candidates, self._positions(candidates), self.kv)
                 best = int(losses.argmin())
-                if losses[best].item() < self.loss:
-                    self.suffix, self.loss = candidates[best], losses[best].item()
+                candidates = candidates[best:best + 1] if losses[best].item() < self.loss else candidates[:0]
+        if len(candidates):
+            self._move_if_better(candidates[0])
         return self.loss
 
 
@@ -356,6 +372,7 @@ def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict
                for i, row in enumerate(progress(rows, desc="gcg prompts"))]
     budget = {"steps": p.gcg_steps, "topk": p.gcg_topk, "search_width": p.gcg_search_width,
               "suffix_tokens": p.gcg_suffix_tokens, "check_every": p.gcg_check_every,
-              "check_tokens": p.attack_check_tokens, "screen_dtype": p.gcg_screen_dtype if screen else None,
-              "screen_margin": p.gcg_screen_margin}
+              "check_tokens": p.attack_check_tokens}
+    if screen is not None:
+        budget |= {"screen_dtype": p.gcg_screen_dtype, "screen_margin": p.gcg_screen_margin}
     return outcome("gcg", model, tokenizer, results, budget, p, time.perf_counter() - start)
