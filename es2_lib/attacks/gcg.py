@@ -15,9 +15,9 @@ and cache. `target_losses` is the one scoring function of both prompt attacks: A
 Screening: with a `screen` copy of the model in a cheaper dtype (bfloat16 for a float32 model: twice the
 matmul throughput on CPUs with AVX512-BF16 and on GPUs), that copy scores every candidate, with its softmax over
 only the tokens the model finds likely at the target positions for the current suffix (its top `SCREEN_TOP_TOKENS`
-at each; the rest of the vocabulary holds under 0.3 % of the probability there on the embedded model, and
-candidates' errors from it differ by under 0.001, against 0.02–0.035 from bfloat16), and the model itself
-decides: only candidates whose screened loss is within `margin` of the screened minimum are scored again in the
+at each; on the embedded model the rest of the vocabulary held 0.04–0.24 % of the probability there on average,
+and the candidates' errors from it differed by under 0.001, against up to 0.037 from bfloat16), and the model
+itself decides: only candidates whose screened loss is within `margin` of the screened minimum are scored again in the
 model's own dtype (a shortlist of one is scored by the gradient pass it needs anyway), and the best of those is
 kept. The gradient, and so the proposals, are the model's own, every recorded loss is an exact one, and a
 screened search takes the same steps as an exact one for as long as each step's exact best is on the shortlist
