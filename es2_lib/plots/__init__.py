@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no global state, no backend needed to save PNG
 from matplotlib.ticker import MaxNLocator
 
-from .runs import atomic_path
+from ..runs import atomic_path
 
 MODEL_LABELS = {"base": "base", "es2": "ES2"}
 MODEL_COLORS = {"base": "tab:gray", "es2": "tab:blue"}
