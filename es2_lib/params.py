@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from .schema import CrossFieldError, Params
 
-__all__ = ["Params", "ParamsError", "load", "read_file", "from_mapping", "from_namespace", "override_label", "to_yaml"]
+__all__ = ["Params", "ParamsError", "load", "read_file", "from_mapping", "from_namespace", "override_label", "to_yaml",
+           "yaml_problem"]
 
 BASE = "base"  # the key that names a file whose values this file overrides
 TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", type(None): "None"}
@@ -123,6 +124,13 @@ def from_namespace(namespace: Mapping[str, Any], source: str = "notebook paramet
 
 # --- files and base: chains -----------------------------------------------------------------------------------
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where."""
+    mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)  # where the bad part begins
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(err, 'problem', None) or ' '.join(str(err).split())}{where}"
+
+
 def _chain(paths: list[Path]) -> str:
     return " -> ".join(str(p) for p in paths)
 
@@ -139,8 +147,7 @@ def read_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str,
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        message = " ".join(str(err).split())
-        raise ParamsError(f"{_chain(chain)}: not valid YAML ({message})") from None
+        raise ParamsError(f"{_chain(chain)}: not valid YAML ({yaml_problem(err)})") from None
     if values is None:
         raise ParamsError(f"{_chain(chain)}: params file is empty")
     if not isinstance(values, dict):
