@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from .schema import CrossFieldError, Params
 
 __all__ = ["Params", "ParamsError", "load", "read_file", "from_mapping", "from_namespace", "override_label", "to_yaml",
-           "yaml_problem"]
+           "yaml_problem", "expects"]
 
 BASE = "base"  # the key that names a file whose values this file overrides
 TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", type(None): "None"}
@@ -82,7 +82,7 @@ def _message(error: dict, values: Mapping[str, Any], sources: Mapping[str, str],
     """One line for one pydantic error."""
     if not error["loc"]:  # a model_validator: a rule between fields
         cause = error.get("ctx", {}).get("error")
-        keys = getattr(cause, "keys", ())
+        keys = cause.keys if isinstance(cause, CrossFieldError) else ()
         where = ", ".join(dict.fromkeys(sources[k] for k in keys if k in sources)) or default
         return f"{where}: {cause if cause is not None else error['msg']}"
     key = str(error["loc"][0])
@@ -166,7 +166,8 @@ def read_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str,
 
 def override_label(key: str, value: Any) -> str:
     """How an override is named in errors: `override -o key=value`."""
-    return f"override -o {key}={yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix('...').strip()}"
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+    return f"override -o {key}={text}"
 
 
 def load(path: str | Path, **overrides: Any) -> Params:

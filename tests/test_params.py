@@ -118,7 +118,8 @@ def test_errors_are_one_line_per_key_without_pydantic_text(tmp_path):
     with pytest.raises(ParamsError) as err:
         params.load(write(tmp_path, "bad.yaml", "n_eval: 0\ndtype: fp8\nbatch_size: x\n"), n_evl=1)
     lines = str(err.value).splitlines()
-    assert len(lines) == 4 and all(line.startswith(("override -o n_evl=1: ", f"{tmp_path}/bad.yaml: key ")) for line in lines)
+    starts = ("override -o n_evl=1: unknown key", f"{tmp_path}/bad.yaml: key ")
+    assert len(lines) == 4 and all(line.startswith(starts) for line in lines)
     assert not any(word in str(err.value) for word in ("validation error", "pydantic", "Input should", "type="))
 
 
@@ -161,7 +162,8 @@ def test_broken_base_chains_are_errors_naming_the_chain(tmp_path):
     with pytest.raises(ParamsError, match=rf"^{a} -> {tmp_path}/b\.yaml: params file not found$"):
         params.load(a)
     write(tmp_path, "b.yaml", "base: a.yaml\n")
-    with pytest.raises(ParamsError, match=rf"^{a} -> {tmp_path}/b\.yaml -> {tmp_path}/a\.yaml: base files form a cycle$"):
+    cycle = rf"^{a} -> {tmp_path}/b\.yaml -> {tmp_path}/a\.yaml: base files form a cycle$"
+    with pytest.raises(ParamsError, match=cycle):
         params.load(a)
     write(tmp_path, "b.yaml", "- 1\n")
     with pytest.raises(ParamsError, match=r"a\.yaml -> .*b\.yaml: expected a mapping of key: value, got list"):
