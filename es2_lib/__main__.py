@@ -1,6 +1,7 @@
 """Command line.
 
     python -m es2_lib run params/default.yaml [--publish] [--only STAGE ...] [--force] [-o key=value ...]
+    python -m es2_lib resolve params/x.yaml [-o key=value ...] > resolved.yaml   # for papermill -f resolved.yaml
     python -m es2_lib prepare-model
 """
 
@@ -15,10 +16,19 @@ from . import models, params, pipeline
 
 
 def _override(text: str) -> tuple[str, object]:
+    """`key=value` with a YAML value; a malformed one is a ParamsError naming the override."""
     key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"override {text!r} is not key=value")
-    return key, yaml.safe_load(value)
+    if not sep or not key.strip():
+        raise params.ParamsError(f"override -o {text}: expected key=value")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise params.ParamsError(f"override -o {text}: value is not valid YAML ({params.yaml_problem(err)})") from None
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one params key (YAML value)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,22 +37,27 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every stage of a params file with papermill (skips current stages)")
     run.add_argument("params_file", help="e.g. params/default.yaml")
-    run.add_argument("-o", "--override", action="append", type=_override, default=[], metavar="KEY=VALUE",
-                     help="override one params key (YAML value)")
+    _overrides(run)
     run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages, e.g. 01_probing")
     run.add_argument("--force", action="store_true", help="rerun stages even when they are current")
     run.add_argument("--publish", action="store_true",
                      help="also write the executed notebooks over notebooks/ (for the committed default run)")
+    resolve = sub.add_parser("resolve", help="print a params file fully resolved (base: chain, overrides) as YAML")
+    resolve.add_argument("params_file", help="e.g. params/llama2-7b.yaml")
+    _overrides(resolve)
     sub.add_parser("prepare-model", help="assemble, verify and cache the embedded default model")
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare-model":
             print(models.prepare_embedded())
         else:
-            p = params.load(args.params_file, **dict(args.override))
-            pipeline.run_pipeline(p, only=args.only, force=args.force, publish=args.publish)
+            p = params.load(args.params_file, **dict(_override(text) for text in args.override))
+            if args.command == "resolve":
+                print(params.to_yaml(p, header=f"{args.params_file} resolved by python -m es2_lib resolve"), end="")
+            else:
+                pipeline.run_pipeline(p, only=args.only, force=args.force, publish=args.publish)
     except (params.ParamsError, models.ModelLoadError, pipeline.StageFailed) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("".join(f"error: {line}\n" for line in str(err).splitlines()), end="", file=sys.stderr)
         return 1
     return 0
 

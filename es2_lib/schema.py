@@ -1,0 +1,264 @@
+"""The params schema: every knob of the pipeline with its type, default, range and one-line doc in one place.
+
+The defaults are the default run's values (the embedded model on a 2-core CPU); params files state only what
+differs (docs/architecture.md, 'Params'). The schema is flat because papermill injects a params file's
+top-level keys as notebook variables. Rules that tie fields together are the `model_validator`s at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Fraction = Annotated[float, Field(gt=0, le=1)]  # a share of a rank, of an energy or of the depth L
+Depth = Annotated[float, Field(ge=0, le=1)]  # a position in the layer stack as a fraction of the depth L
+SrrSource = Literal["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"]
+
+
+class CrossFieldError(ValueError):
+    """A rule between fields failed; `keys` are the fields it reads (to name where they were set)."""
+
+    def __init__(self, message: str, *keys: str):
+        super().__init__(message)
+        self.keys = keys
+
+
+class Params(BaseModel):
+    """Typed run parameters; build them with params.load / from_mapping / from_namespace for clear errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
+
+    # --- run and model ---------------------------------------------------------------------------------------
+    name: str = Field("default", description="run name: results in runs/<name>/, figures in figures/<name>/")
+    model: str = Field(
+        "embedded", description='"embedded", "tiny", "random:<dir with config.json>", a local folder or a hub id')
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and compute dtype")
+    device: str = Field("cpu", description='"cpu", "cuda", "cuda:N" or "auto" (cuda when available)')
+    seed: int = Field(0, description="one seed for python, numpy and torch")
+    batch_size: int = Field(8, ge=1, description="prompts per forward pass or generation batch")
+    max_new_tokens: int = Field(48, ge=1, description="greedy response length used for judging")
+    # --- data splits -----------------------------------------------------------------------------------------
+    harmful_prompts: str = Field(
+        "advbench", description="a bundled set name or a CSV/JSONL file with a `prompt` column")
+    harmless_prompts: str = Field("alpaca", description="a bundled set name or a CSV/JSONL file with a `prompt` column")
+    n_probe_train: int = Field(64, ge=1, description="prompts per class in the probe-train split")
+    n_es2_train: int = Field(64, ge=1, description="prompts per class in the ES2-train split")
+    n_eval: int = Field(24, ge=1, description="prompts per class in the eval split")
+    # --- judge and metrics -----------------------------------------------------------------------------------
+    bootstrap_samples: int = Field(1000, ge=1, description="resamples for bootstrap confidence intervals")
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of reported intervals")
+    incoherent_ppl: float = Field(
+        100.0, description="a response whose perplexity under the base model exceeds this is incoherent")
+    # --- probing and ES2 (issue 3) ---------------------------------------------------------------------------
+    probe_threshold: float = Field(
+        0.9, ge=0.5, le=1, description="held-out probe accuracy from which a layer separates the classes (SCAV's P1)")
+    probe_folds: int = Field(
+        5, ge=1, description="cross-validation folds on probe_train for the held-out probe accuracy")
+    probe_C: float = Field(
+        1.0, ge=0, description="inverse L2 strength of the logistic-regression probes (on standardised states)")
+    n_emergence_layers: int = Field(
+        1, ge=0, description="ES2 layers from the first layers whose probe accuracy >= probe_threshold")
+    n_terminal_layers: int = Field(1, ge=0, description="ES2 layers from the last decoder layers (L, L-1, ...)")
+    es2_distance: Literal["centroid", "pairwise", "bounded"] = Field(
+        "centroid",
+        description="centroid/pairwise: Euclidean / base mean norm; bounded: centroids of unit-normalised states")
+    es2_margin: float = Field(
+        0.0, ge=0, description="hinge: a layer's distance stops being rewarded above this (0 = no hinge)")
+    es2_lambda_kl: float = Field(
+        2.0, ge=0, description="weight of KL(base || ES2) of the next token on harmless prompts")
+    kl_threshold: float = Field(
+        0.1, ge=0, description="stop training when the harmless KL (nats) of a step's batch exceeds this")
+    es2_retain: Literal["none", "kl", "refusal_ce"] = Field(
+        "refusal_ce", description="keep refusals: next-token KL to the base on harmful prompts, or CE on refusals")
+    es2_retain_weight: float = Field(0.5, ge=0, description="weight of the retain term")
+    es2_refusal_data: str = Field(
+        "safety_tuned_llamas/safety_only_data_Instructions.json",
+        description="refusal_ce: {instruction, output} pairs (below data/), those judged refusals")
+    es2_refusal_tokens: int = Field(16, ge=1, description="refusal_ce: response tokens scored per refusal example")
+    es2_adapter: Literal["lora", "full"] = Field("lora", description="LoRA through peft, or full fine-tuning")
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: float = Field(16.0, ge=0, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_targets: list[str] = Field(["q_proj", "v_proj", "o_proj"], description="module names that get LoRA")
+    es2_steps: int = Field(30, ge=1, description="maximum optimiser steps")
+    es2_lr: float = Field(2e-4, ge=0, description="AdamW learning rate (constant)")
+    es2_weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    es2_batch_size: int = Field(8, ge=1, description="prompts per class per step")
+    es2_checkpoint_every: int = Field(10, ge=0, description="steps between resumable checkpoints (0 = none)")
+    # --- capability (issue 6) --------------------------------------------------------------------------------
+    mmlu_pro_per_category: int = Field(
+        3, ge=0, description="MMLU-Pro questions per category (14 categories), seeded; 0 = all 12,032")
+    gpqa_n: int = Field(20, ge=0, description="GPQA diamond questions, seeded subset; 0 = all 198")
+    capability_answer_prefix: str = Field(
+        "The answer is (", description='assistant text before the scored option letter ("" = none)')
+    capability_generate: bool = Field(
+        False, description="also answer by greedy generation, read with MMLU-Pro's answer extraction")
+    capability_max_new_tokens: int = Field(
+        32, ge=1, description="response length for generated answers and for XSTest responses")
+    capability_batch_size: int = Field(
+        8, ge=1, description="questions or prompts per forward pass / generation batch in stage 05")
+    capability_margin: float = Field(
+        0.02, ge=0, lt=1, description='the paper\'s "comparable capability": ES2 at most this far below base')
+    xstest_n_safe: int = Field(40, ge=0, description="XSTest safe prompts for over-refusal, seeded subset; 0 = all 250")
+    xstest_n_unsafe: int = Field(20, ge=0, description="XSTest unsafe prompts for refusal, seeded subset; 0 = all 200")
+    # --- embedding attacks (issue 4) -------------------------------------------------------------------------
+    n_attack: int = Field(
+        12, ge=1, description="harmful prompts attacked per (model, attack): the first n_attack of the eval split")
+    repe_layers: list[int] = Field([], description="RepE: decoder layers steered; empty = the band repe_depth")
+    repe_depth: list[Depth] = Field(
+        [0.25, 0.75], min_length=2, max_length=2, description="RepE: band [from, to] as fractions of depth L")
+    repe_coeffs: list[float] = Field(
+        [-0.05, -0.1, -0.2], min_length=1,
+        description="RepE sweep: add coeff x (base mean state norm) x unit direction (harmless->harmful)")
+    soft_prompt_tokens: int = Field(20, ge=1, description="soft prompt: control embeddings after the instruction")
+    soft_prompt_steps: int = Field(
+        12, ge=1, description="soft prompt: maximum signed-gradient steps (stops once the target is reproduced)")
+    soft_prompt_step_size: float = Field(
+        0.01, gt=0, description="soft prompt: step alpha of c <- c - alpha * sign(grad)")
+    scav_p0: float = Field(
+        0.001, gt=0, lt=1, description="SCAV: move a state where P(harmful) > P0 until P(harmful) = P0")
+    scav_p1: float = Field(0.9, gt=0, lt=1, description="SCAV: only at layers whose held-out probe accuracy > P1")
+    # --- prompt attacks (issue 5): GCG and AutoDAN-HGA; the CPU budget is tiny, the paper's is in gpu.yaml ------
+    n_prompt_attack: int = Field(
+        8, ge=1, description="harmful prompts attacked by GCG and AutoDAN: the first of the eval split")
+    gcg_steps: int = Field(6, ge=1, description="GCG: maximum steps per prompt (paper: 500)")
+    gcg_topk: int = Field(
+        64, ge=1, description="GCG: candidate tokens per suffix position, by the one-hot gradient (paper: 256)")
+    gcg_search_width: int = Field(16, ge=1, description="GCG: single-token swaps scored per step (paper: 512)")
+    gcg_suffix_tokens: int = Field(
+        20, ge=1, description='GCG: adversarial suffix length in tokens, initialised to "! ! ..."')
+    gcg_batch_size: int = Field(4, ge=1, description="GCG: candidates per forward pass, sorted by swapped position")
+    gcg_check_every: int = Field(
+        3, ge=1, description="GCG: steps between success checks (short greedy response, keyword judge)")
+    gcg_screen_dtype: Literal["bfloat16", "float16"] | None = Field(
+        None, description="GCG: dtype of a model copy that ranks the candidates before exact scoring (null: exact)")
+    gcg_screen_margin: float = Field(
+        0.02, gt=0, description="GCG: candidates within this of the screened minimum get an exact score")
+    autodan_population: int = Field(6, ge=2, description="AutoDAN: templates per generation (paper: 256)")
+    autodan_steps: int = Field(2, ge=1, description="AutoDAN: maximum generations per prompt (paper: 100)")
+    autodan_elite_frac: float = Field(
+        0.05, ge=0, le=1, description="AutoDAN: share of elites kept unchanged (at least one; paper: 0.05)")
+    autodan_crossover: float = Field(
+        0.5, ge=0, le=1,
+        description="AutoDAN: crossover probability per parent pair, and word-replacement probability per word")
+    autodan_mutation: float = Field(
+        0.01, ge=0, le=1, description="AutoDAN: probability that a child is mutated (LLM-free synonym replacement)")
+    autodan_crossover_every: int = Field(
+        5, ge=1, description="AutoDAN: sentence-level crossover every this many generations, word-level otherwise")
+    autodan_check_every: int = Field(
+        1, ge=1, description="AutoDAN: generations between success checks; stops at the first success")
+    attack_check_tokens: int = Field(32, ge=1, description="new tokens of the greedy response of a success check")
+    # --- safety subspaces (issue 8): Ponkshe et al. 2025's tests on our models, turned on ES2 -----------------
+    subspace_sft_steps: int = Field(
+        8, ge=1, description="useful and harmful fine-tunes: steps each, adapter as es2_adapter")
+    subspace_sft_batch_size: int = Field(
+        2, ge=1, description="pairs per fine-tuning step (also of the benign fine-tune)")
+    subspace_sft_lr: float = Field(
+        1e-3, gt=0, description="AdamW learning rate (constant) of every fine-tune of this stage")
+    subspace_sft_response_tokens: int = Field(
+        32, ge=1, description="response tokens scored per pair (cross-entropy on the response only)")
+    subspace_sft_prompt_tokens: int = Field(
+        96, ge=1, description="only pairs whose chat prompt has at most this many tokens are drawn")
+    subspace_energy_fractions: list[Fraction] = Field(
+        [0.1, 0.25, 0.5, 0.75, 0.9, 0.99], min_length=1, description="energy a basis captures, for MSO")
+    subspace_projection_fractions: list[Fraction] = Field(
+        [0.01, 0.25, 0.5, 0.75, 0.99], min_length=1,
+        description="k = ceil(fraction x rank) of ES2's singular directions")
+    subspace_eval_fractions: list[Fraction] = Field(
+        [0.01, 0.25, 0.5, 0.75, 0.99],
+        description="projection fractions whose projected models are evaluated (a subset of those)")
+    subspace_n_eval_dsr: int = Field(
+        8, ge=1, description="harmful eval prompts (the first of the eval split) for the DSRs of this stage")
+    subspace_max_new_tokens: int = Field(24, ge=1, description="greedy response length for the DSRs of this stage")
+    subspace_mmlu_per_category: int = Field(
+        1, ge=1, description="MMLU-Pro questions per category (14 categories) for each evaluated model")
+    subspace_n_activation: int = Field(
+        24, ge=2, description="harmful and useful (Code Alpaca) prompts each, for activation MSO")
+    subspace_activation_depth: list[Depth] = Field(
+        [0.65, 0.9], min_length=2, max_length=2, description="decoder layers at these fractions of depth [from, to]")
+    subspace_benign_ft_steps: int = Field(
+        8, ge=1, description="benign Code Alpaca fine-tune of the ES2 model: steps of subspace_sft_batch_size pairs")
+    # --- SRR (issue 9): Safety Representation Ranking, Du et al. 2025 ------------------------------------------
+    srr_sources: list[SrrSource] = Field(
+        ["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"], min_length=1,
+        description="harmful prompt sources: probe_train, eval, hidden-context jailbreaks, stage 04's attack prompts")
+    srr_n_per_source: int = Field(8, ge=0, description="prompts per source, seeded subset (0 = all)")
+    srr_train_per_source: int = Field(
+        4, ge=0, description="prompts per source whose lists train the ranker (the paper uses 50); the rest test it")
+    srr_n_xstest: int = Field(
+        8, ge=0,
+        description="XSTest safe prompts for over-refusal (lists never trained on), seeded subset; 0 = all 250")
+    srr_max_prompt_tokens: int = Field(
+        256, ge=0, description="leave out prompts longer than this in the chat template; 0 = no limit")
+    srr_k: int = Field(4, ge=2, description="candidate responses sampled per prompt")
+    srr_temperature: float = Field(
+        1.0, gt=0, description="sampling temperature (plain temperature sampling: no top-k or top-p)")
+    srr_max_new_tokens: int = Field(32, ge=1, description="candidate length in tokens")
+    srr_safe: Literal["refused", "harm_free"] = Field(
+        "refused", description='ranking label "safe": refused (keyword judge), or refused or incoherent')
+    srr_layer: int = Field(
+        -1, ge=-1,
+        description="feature layer; -1 = L // 4, the top of the bottom quarter of the layers (the paper's choice)")
+    srr_ablation_depths: list[Fraction] = Field(
+        [0.125, 0.25, 0.5, 0.75, 1.0],
+        description="layer ablation (base model): layers at these fractions of depth L; empty = none")
+    srr_hidden: int = Field(64, ge=1, description="width of the ranker's one-layer transformer encoder")
+    srr_heads: int = Field(4, ge=1, description="attention heads of that layer (must divide srr_hidden)")
+    srr_tau: float = Field(0.1, gt=0, description="temperature of the listwise softmax: score = cosine / tau")
+    srr_steps: int = Field(200, ge=1, description="full-batch Adam steps on the training lists")
+    srr_lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    srr_likelihood: Literal["mean", "total"] = Field(
+        "mean", description="baseline \"model's own pick\": highest mean log-prob per token, or highest total")
+
+    @field_validator("repe_depth", "subspace_activation_depth")
+    @classmethod
+    def _ordered_band(cls, band: list[float]) -> list[float]:
+        if band[0] > band[1]:
+            raise ValueError("expects [from, to] with 0 <= from <= to <= 1")
+        return band
+
+    @model_validator(mode="after")
+    def _es2_layers(self) -> Params:
+        if self.n_emergence_layers + self.n_terminal_layers == 0:
+            raise CrossFieldError("n_emergence_layers + n_terminal_layers must choose at least one ES2 layer, got 0",
+                                  "n_emergence_layers", "n_terminal_layers")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_prompts_suffice(self) -> Params:
+        for key in ("n_attack", "n_prompt_attack", "subspace_n_eval_dsr"):  # each takes the first eval prompts
+            if getattr(self, key) > self.n_eval:
+                raise CrossFieldError(f"{key} ({getattr(self, key)}) must not exceed n_eval ({self.n_eval}): "
+                                      f"it takes the first eval prompts", key, "n_eval")
+        return self
+
+    @model_validator(mode="after")
+    def _evaluated_fractions_are_projected(self) -> Params:
+        extra = sorted(set(self.subspace_eval_fractions) - set(self.subspace_projection_fractions))
+        if extra:
+            raise CrossFieldError(f"subspace_eval_fractions {self.subspace_eval_fractions} must be a subset of "
+                                  f"subspace_projection_fractions {self.subspace_projection_fractions}; {extra} "
+                                  f"are not", "subspace_eval_fractions", "subspace_projection_fractions")
+        return self
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Params:
+        if self.srr_hidden % self.srr_heads:
+            raise CrossFieldError(f"srr_heads ({self.srr_heads}) must divide srr_hidden ({self.srr_hidden})",
+                                  "srr_heads", "srr_hidden")
+        return self
+
+    @classmethod
+    def field_types(cls) -> dict[str, Any]:
+        """The declared type of every field."""
+        return {key: info.annotation for key, info in cls.model_fields.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def replace(self, **overrides: Any) -> Params:
+        """A copy with some fields changed, validated like a file."""
+        from .params import from_mapping  # the loader turns validation errors into one-line messages
+
+        return from_mapping({**self.to_dict(), **overrides}, source="overrides")
