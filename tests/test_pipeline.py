@@ -10,15 +10,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from es2_lib import params, pipeline, runs
+from es2_lib import params, pipeline, runs, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _notebook(path: Path, body: str) -> None:
+def _notebook(path: Path, body: str, declares: str = "n_eval: int = 24  # prompts") -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    p = nbformat.v4.new_code_cell('name: str = "default"  # run name\nn_eval: int = 24  # prompts')
+    p = nbformat.v4.new_code_cell(f'name: str = "default"  # run name\n{declares}')
     p.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# stage"), p, nbformat.v4.new_code_cell(body)]
     nbformat.write(nb, path)
@@ -26,9 +26,12 @@ def _notebook(path: Path, body: str) -> None:
 
 @pytest.fixture
 def fake_stages(tmp_path, monkeypatch):
+    """A registry of two stages, 02_b reading 01_a, with their notebooks in a scratch folder."""
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
-    monkeypatch.setattr(pipeline, "NOTEBOOKS", nbdir)
+    registry = {s.name: s for s in (stages.Stage("01_a"), stages.Stage("02_b", reads=("01_a",)))}
+    monkeypatch.setattr(stages, "STAGES", registry)
+    monkeypatch.setattr(stages.Stage, "notebook", property(lambda stage: nbdir / f"{stage.name}.ipynb"))
     monkeypatch.setenv("ES2_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("ES2_FIGURES_DIR", str(tmp_path / "figures"))
     marker = tmp_path / "count.txt"
@@ -51,6 +54,20 @@ def test_second_run_skips_and_param_change_reruns(fake_stages):
     manifest = runs.Run(p).manifest()
     assert manifest["stages"]["02_b"]["status"] == "done" and manifest["stages"]["02_b"]["wall_s"] > 0
     assert (runs.figures_root() / "t" / "timings.md").read_text().count("| 0") == 2
+
+
+def test_a_stage_key_covers_the_stages_it_reads_and_no_others(fake_stages):
+    """A change upstream reruns the stages whose registry entry reads it (also as optional), not the others."""
+    nbdir, _ = fake_stages
+    for name in ("01_a", "02_b", "03_c", "04_d"):
+        _notebook(nbdir / f"{name}.ipynb", "print('ok')", declares="n_eval: int = 24" if name == "01_a" else "")
+    stages.STAGES.update({"03_c": stages.Stage("03_c"), "04_d": stages.Stage("04_d", optional=("02_b",))})
+    p = params.from_mapping({"name": "t", "model": "tiny"})
+    assert set(pipeline.run_pipeline(p).values()) == {"ran"}
+    assert pipeline.run_pipeline(p.replace(n_eval=5)) == {"01_a": "ran", "02_b": "ran", "03_c": "skipped",
+                                                          "04_d": "ran"}
+    with pytest.raises(pipeline.StageFailed, match="unknown stage.*03_x; the stages are 01_a, 02_b, 03_c, 04_d"):
+        pipeline.run_pipeline(p, only=["03_x"])
 
 
 def test_failing_stage_is_named_kept_and_resumed(fake_stages):
@@ -105,15 +122,19 @@ def test_bad_params_file_is_a_clear_cli_error(tmp_path):
     assert out.returncode == 1 and "key 'n_eval' expects int" in out.stderr
 
 
-def test_figures_stage_runs_last_after_the_numbered_stages():
-    names = [nb.stem for nb in pipeline.stages()]
+def test_registry_holds_every_notebook_and_the_figures_stage_runs_last():
+    names = list(stages.STAGES)
+    assert sorted(names) == sorted(nb.stem for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert names[-1] == "06_figures" and names[:-1] == sorted(names[:-1]) and "08_srr" in names
+    for i, stage in enumerate(stages.STAGES.values()):  # a stage reads only stages that run before it
+        assert set(stage.reads + stage.optional) <= set(names[:i]), stage.name
+    assert set(stages.STAGES["06_figures"].optional) == set(names[:-1])  # the figures stage reads them all
 
 
 def test_every_notebook_declares_only_params_keys():
     p = params.Params()
-    for notebook in pipeline.stages():
-        pipeline.declared_params(notebook, p)  # raises on an unknown key
+    for stage in stages.STAGES.values():
+        pipeline.declared_params(stage.notebook, p)  # raises on an unknown key
 
 
 def test_smoke_pipeline_end_to_end(tmp_path):
@@ -125,7 +146,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     run_dir = tmp_path / "runs" / "smoke"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    names = [nb.stem for nb in pipeline.stages()]
+    names = list(stages.STAGES)
     assert all(manifest["stages"][s]["status"] == "done" for s in names)
     check_stage_results(run_dir, tmp_path / "figures" / "smoke")
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
