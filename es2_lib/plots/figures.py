@@ -1,7 +1,7 @@
 """The figures of the figures stage (06): probe accuracy per layer with the ES2 layers (the separability premise,
 paper §1), separation at the ES2 layers before and after training, DSR against the size of an embedding attack,
 the training curves with the KL stop, and the refused / incoherent / compliant shares of the attacked responses
-(ES2's claim that attacks now produce gibberish); docs/architecture.md, "Figures and tables".
+(ES2's claim that attacks now produce gibberish); docs/architecture.md, "Metrics".
 
 Each function draws one figure from plain data (lists, dicts, DataFrames) and returns it; `plots.save` writes it.
 """

@@ -1,6 +1,6 @@
 """The tables of the figures stage (06): Table 1, the paper's DSR per model × attack (the paper's DSR is the
 keyword "autodan" judge; harm-free = refused + incoherent beside it), Table 2, capability of base and ES2, their
-captions, and what of the run is there (docs/architecture.md, "Figures and tables").
+captions, and what of the run is there (docs/architecture.md, "Results" and "Metrics").
 
 Table 1 reads exactly what the attack stages write: `results.AttackEntry` records from `read_attack_results`
 (02's no-attack entries, 03's embedding attacks, 04's prompt attacks). Each table comes as (numbers for CSV,
