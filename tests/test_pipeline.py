@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from es2_lib import params, pipeline, runs, stages
+from es2_lib.results import read_attack_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,15 +163,17 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     assert layers["es2_layers"] and all(0 <= layer <= 4 for layer in layers["es2_layers"])
     assert len(layers["accuracy"]) == 5  # layers 0..4 of the tiny model
     assert (run_dir / "02_es2_training" / "adapter" / "adapter_config.json").exists()
-    no_attack = read("02_es2_training", "eval.json")
-    assert {m: no_attack[m]["dsr"]["n"] for m in ("base", "es2")} == {"base": smoke.n_eval, "es2": smoke.n_eval}
+    no_attack, _ = read_attack_results(run_dir / "02_es2_training" / "no_attack.json")
+    assert {(e.model, e.attack): e.summary.n for e in no_attack} == {("base", "none"): smoke.n_eval,
+                                                                     ("es2", "none"): smoke.n_eval}
     assert len(runs.read_jsonl(run_dir / "02_es2_training" / "log.jsonl")) >= 1
-    embedding = read("03_embedding_attacks", "results.json")
+    embedding, _ = read_attack_results(run_dir / "03_embedding_attacks" / "results.json")
     for model in ("base", "es2"):
-        assert {"repe", "soft_prompt", "scav"} <= set(embedding[model])
-        assert all(0 <= e["summary"]["dsr"]["value"] <= 1 for e in embedding[model].values())
-    prompt = read("04_prompt_attacks", "results.json")["entries"]
-    assert {(e["model"], e["attack"]) for e in prompt} >= {(m, a) for m in ("base", "es2") for a in ("gcg", "autodan")}
+        assert {"repe", "soft_prompt", "scav"} <= {e.attack for e in embedding if e.model == model}
+    assert all(0 <= e.summary.dsr.value <= 1 for e in embedding)
+    assert all(len(e.sweep) == len(smoke.repe_coeffs) for e in embedding if e.attack == "repe")  # kept beside it
+    prompt, _ = read_attack_results(run_dir / "04_prompt_attacks" / "results.json")
+    assert {(e.model, e.attack) for e in prompt} >= {(m, a) for m in ("base", "es2") for a in ("gcg", "autodan")}
     capability = read("05_capability", "results.json")
     assert {"mmlu_pro", "gpqa", "xstest", "harmless"} <= set(capability["base"]) and "difference" in capability
     subspaces = read("07_safety_subspaces", "results.json")
@@ -178,4 +182,6 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     assert set(srr["models"]) == {"base", "es2"}
     for table in ("table_1_dsr", "table_2_capability"):
         assert (figures_dir / f"{table}.csv").exists() and (figures_dir / f"{table}.md").read_text().strip()
+    table_1 = pd.read_csv(figures_dir / "table_1_dsr.csv")  # 06 found every attack in what 02-04 wrote
+    assert len(table_1) == 12 and set(table_1["status"]) == {"ok"}
     assert len(list(figures_dir.glob("*.png"))) >= 5 and (figures_dir / "timings.md").exists()
