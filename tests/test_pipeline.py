@@ -99,13 +99,17 @@ def test_published_notebook_is_clean_and_does_not_change_the_key(fake_stages):
 
 def test_library_files_follow_imports():
     """A stage's key covers the library modules it runs, also through relative imports, and no others."""
-    probing, prompt_attacks = ({str(f.relative_to(ROOT)) for f in pipeline.library_files(ROOT / "notebooks" / nb)}
-                               for nb in ("01_probing.ipynb", "04_prompt_attacks.ipynb"))
+    probing, prompt_attacks, figures = (
+        {str(f.relative_to(ROOT)) for f in pipeline.library_files(ROOT / "notebooks" / nb)}
+        for nb in ("01_probing.ipynb", "04_prompt_attacks.ipynb", "06_figures.ipynb"))
     assert {"es2_lib/__init__.py", "es2_lib/probes.py", "es2_lib/representations.py"} <= probing
     assert "es2_lib/attacks/gcg.py" not in probing and "es2_lib/pipeline.py" not in probing
     # 04 imports gcg, which imports ..generation and ..judges relatively
     assert {"es2_lib/attacks/__init__.py", "es2_lib/attacks/gcg.py", "es2_lib/generation.py",
             "es2_lib/judges.py"} <= prompt_attacks
+    # 06 imports plots.figures and plots.tables, which import the package, results and stages
+    assert {"es2_lib/plots/__init__.py", "es2_lib/plots/figures.py", "es2_lib/plots/tables.py", "es2_lib/results.py",
+            "es2_lib/stages.py"} <= figures and "es2_lib/attacks/gcg.py" not in figures
 
 
 def test_unknown_notebook_parameter_is_an_error(fake_stages):

@@ -61,7 +61,9 @@ def fmt_rate(rate: Any, digits: int = 2) -> str:
 
 def rate_columns(prefix: str, rate: Any) -> dict[str, float]:
     """CSV columns `prefix`, `prefix_low`, `prefix_high` of a rate (mapping or results.Interval); NaN if None."""
-    value = (lambda key: math.nan if rate is None or _field(rate, key) is None else _field(rate, key))
+    def value(key: str) -> float:
+        return math.nan if rate is None or _field(rate, key) is None else _field(rate, key)
+
     return {prefix: value("value"), f"{prefix}_low": value("low"), f"{prefix}_high": value("high")}
 
 
