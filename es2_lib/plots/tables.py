@@ -175,7 +175,7 @@ def capability_table(rows: Sequence[Mapping[str, Any]] | None, digits: int = 3) 
     """Table 2, capability of base and ES2: (numbers for CSV, formatted cells for Markdown).
 
     `rows` are {measure, base, es2, difference} with each cell an interval dict, a bare {"value"} or None
-    (capability.headline); None when the capability stage has not run: the measures of CAPABILITY_MEASURES
+    (plots.capability.headline); None when the capability stage has not run: the measures of CAPABILITY_MEASURES
     are then listed as "not run"."""
     if rows is None:
         numbers = pd.DataFrame({"measure": CAPABILITY_MEASURES, "status": NOT_RUN})
