@@ -1,4 +1,5 @@
-"""Model loading and chat formatting for every model spec the pipeline accepts (DESIGN.md §2).
+"""Model loading and chat formatting for every model spec the pipeline accepts (docs/architecture.md, "Layers of
+the library").
 
 A spec is `embedded` (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF shipped in six PyPI packages, verified by
 sha256, dequantized once and cached as safetensors), `tiny` (a 4-layer random-weight Qwen2 with the
@@ -239,5 +240,6 @@ def num_layers(model: nn.Module) -> int:
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder stack (embeddings + blocks + final norm) and the lm_head of a causal LM, also inside a
-    peft wrapper, so callers can apply the 150k-wide head only at the positions they score (DESIGN.md §7)."""
+    peft wrapper, so callers can apply the 150k-wide head only at the positions they score (docs/architecture.md,
+    "Speed")."""
     return model.get_decoder(), model.get_output_embeddings()

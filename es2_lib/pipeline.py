@@ -1,10 +1,13 @@
-"""The one-command pipeline: run every numbered notebook of a params file with papermill (DESIGN.md §4).
+"""The one-command pipeline: run every stage notebook of a params file with papermill (docs/architecture.md,
+"Pipeline").
 
-Stages run in order (the figures stage last) into the run folder. A stage is skipped when its key — the hash of
-the params its notebook declares, its cells' source, the library modules it imports (directly or through other
-modules), the data, and the keys of the stages it reads — equals the key recorded after its last successful run. A failing stage is named, marked failed in the manifest,
-and its partly executed notebook is kept in the run folder; rerunning resumes at the first stage that is
-not current. `publish=True` also writes the cleaned executed notebooks over notebooks/ for GitHub readers.
+Stages run in the order of the registry `stages.STAGES` (the figures stage last) into the run folder. A stage is
+skipped when its key — the hash of the params its notebook declares, its cells' source, the library modules it
+imports (directly or through other modules), the data, and the keys of the stages it reads (`reads` and
+`optional` of its registry entry) — equals the key recorded after its last successful run. A failing stage is
+named, marked failed in the manifest, and its partly executed notebook is kept in the run folder; rerunning
+resumes at the first stage that is not current. `publish=True` also writes the cleaned executed notebooks over
+notebooks/ for GitHub readers.
 """
 
 from __future__ import annotations
@@ -19,32 +22,14 @@ from pathlib import Path
 import nbformat
 import papermill
 
-from . import runs
+from . import runs, stages
 from .params import Params
 
-NOTEBOOKS = runs.ROOT / "notebooks"
-# Which earlier stages each stage reads; a stage not listed reads all earlier ones.
-DEPENDS = {
-    "01_probing": [],
-    "02_es2_training": ["01_probing"],
-    "03_embedding_attacks": ["01_probing", "02_es2_training"],
-    "04_prompt_attacks": ["02_es2_training"],
-    "05_capability": ["02_es2_training"],
-    "07_safety_subspaces": ["02_es2_training"],
-    "08_srr": ["02_es2_training", "04_prompt_attacks"],
-}
 PAPERMILL_METADATA = ("papermill", "execution")
-FIGURES_SUFFIX = "_figures"  # the stage that draws every table and figure from the others' results
 
 
 class StageFailed(RuntimeError):
     """A notebook raised; the message names the stage and where its partial notebook is."""
-
-
-def stages() -> list[Path]:
-    """The numbered stage notebooks in order, except that the figures stage runs last: it reads every other
-    stage's results, those of the later-numbered related systems (07, 08) too."""
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"), key=lambda nb: (nb.stem.endswith(FIGURES_SUFFIX), nb.name))
 
 
 def source_hash(notebook: Path) -> str:
@@ -146,43 +131,44 @@ def run_pipeline(params: Params, only: list[str] | None = None, force: bool = Fa
     outcome: dict[str, str] = {}
     env = {"ES2_PROGRESS_INTERVAL": os.environ.get("ES2_PROGRESS_INTERVAL", "60"), "MPLBACKEND": "agg"}
     os.environ.update(env)
-    notebooks = stages()
-    for i, notebook in enumerate(notebooks, 1):
-        stage = notebook.stem
-        upstream = DEPENDS.get(stage, list(keys))
+    unknown = [name for name in only or () if name not in stages.STAGES]
+    if unknown:  # an error, not a silent no-op
+        raise StageFailed(f"unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(stages.STAGES)}")
+    for i, stage in enumerate(stages.STAGES.values(), 1):
+        name, notebook = stage.name, stage.notebook
         declared = declared_params(notebook, params)
-        keys[stage] = runs.stage_key(
+        keys[name] = runs.stage_key(
             declared, [source_hash(notebook), runs.hash_files(library_files(notebook)), data_hash,
-                       *(keys.get(s, "") for s in upstream)]
+                       *(keys.get(s, "") for s in stage.reads + stage.optional)]
         )
-        if only and stage not in only:
+        if only and name not in only:
             continue
-        if not force and run.is_current(stage, keys[stage]):
-            print(f"[{stage}] up to date, skipped", flush=True)
-            outcome[stage] = "skipped"
+        if not force and run.is_current(name, keys[name]):
+            print(f"[{name}] up to date, skipped", flush=True)
+            outcome[name] = "skipped"
             continue
         out = run.path("notebooks", notebook.name)
-        print(f"[{stage}] running (stage {i} of {len(notebooks)})", flush=True)
-        run.record_stage(stage, keys[stage], wall_s=0.0, status="running")
+        print(f"[{name}] running (stage {i} of {len(stages.STAGES)})", flush=True)
+        run.record_stage(name, keys[name], wall_s=0.0, status="running")
         start = time.perf_counter()
         try:
             papermill.execute_notebook(
-                str(notebook), str(out), parameters=declared, cwd=str(NOTEBOOKS),
+                str(notebook), str(out), parameters=declared, cwd=str(notebook.parent),
                 progress_bar=False, log_output=False, kernel_name="python3",
             )
         except papermill.PapermillExecutionError as err:
-            run.record_stage(stage, keys[stage], time.perf_counter() - start, status="failed")
+            run.record_stage(name, keys[name], time.perf_counter() - start, status="failed")
             raise StageFailed(
-                f"stage {stage} failed in cell {err.cell_index}: {err.ename}: {err.evalue}\n"
+                f"stage {name} failed in cell {err.cell_index}: {err.ename}: {err.evalue}\n"
                 f"its partly executed notebook is kept at {out}"
             ) from err
         wall = time.perf_counter() - start
         clean_notebook(out)
         if publish:
             notebook.write_bytes(out.read_bytes())
-        run.record_stage(stage, keys[stage], wall)
-        print(f"[{stage}] done in {wall:.0f} s", flush=True)
-        outcome[stage] = "ran"
+        run.record_stage(name, keys[name], wall)
+        print(f"[{name}] done in {wall:.0f} s", flush=True)
+        outcome[name] = "ran"
     write_timings(run, run.figures_dir / "timings.md")
     return outcome
 
@@ -196,7 +182,7 @@ def write_timings(run: runs.Run, path: Path) -> None:
              f"torch {env.get('packages', {}).get('torch')}).", "", "| stage | wall time (s) |", "|---|---:|"]
     total = 0.0
     done = manifest["stages"]
-    for stage in [nb.stem for nb in stages() if nb.stem in done] + sorted(set(done) - {nb.stem for nb in stages()}):
+    for stage in [s for s in stages.STAGES if s in done] + sorted(set(done) - set(stages.STAGES)):
         lines.append(f"| {stage} | {done[stage]['wall_s']:.0f} |")
         total += done[stage]["wall_s"]
     lines.append(f"| **total** | **{total:.0f}** |")

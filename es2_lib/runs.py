@@ -1,9 +1,11 @@
-"""Run folders: one per params file, with a manifest, atomic writes and the stage-skip rule (DESIGN.md §4).
+"""Run folders: one per params file, with a manifest, atomic writes and the stage-skip rule (docs/architecture.md,
+"Pipeline").
 
-`runs/<name>/` (moved by $ES2_RUNS_DIR; published figures go to `figures/<name>/`, moved by $ES2_FIGURES_DIR) holds every stage's outputs and `manifest.json`: the params,
-package versions, git SHA, device, seed, and per stage its input key and wall time. Every file is written
-under a temporary name and renamed, so a crash never leaves a half-written result. A stage whose key (the
-hash of its params and inputs) equals the recorded one is current and can be skipped.
+`runs/<name>/` (moved by $ES2_RUNS_DIR; published figures go to `figures/<name>/`, moved by $ES2_FIGURES_DIR)
+holds every stage's outputs and `manifest.json`: the params, package versions, git SHA, device, seed, and per
+stage its input key and wall time. Every file is written under a temporary name and renamed, so a crash never
+leaves a half-written result. A stage whose key (the hash of its params and inputs) equals the recorded one is
+current and can be skipped.
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_result(path: Path) -> Any | None:
+    """A result file another stage may have written: JSON Lines (`.jsonl`) or JSON; None when it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -8,17 +8,19 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
-from es2_lib import params, pipeline, runs
+from es2_lib import params, pipeline, runs, stages
+from es2_lib.results import read_attack_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _notebook(path: Path, body: str) -> None:
+def _notebook(path: Path, body: str, declares: str = "n_eval: int = 24  # prompts") -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    p = nbformat.v4.new_code_cell('name: str = "default"  # run name\nn_eval: int = 24  # prompts')
+    p = nbformat.v4.new_code_cell(f'name: str = "default"  # run name\n{declares}')
     p.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# stage"), p, nbformat.v4.new_code_cell(body)]
     nbformat.write(nb, path)
@@ -26,9 +28,12 @@ def _notebook(path: Path, body: str) -> None:
 
 @pytest.fixture
 def fake_stages(tmp_path, monkeypatch):
+    """A registry of two stages, 02_b reading 01_a, with their notebooks in a scratch folder."""
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
-    monkeypatch.setattr(pipeline, "NOTEBOOKS", nbdir)
+    registry = {s.name: s for s in (stages.Stage("01_a"), stages.Stage("02_b", reads=("01_a",)))}
+    monkeypatch.setattr(stages, "STAGES", registry)
+    monkeypatch.setattr(stages.Stage, "notebook", property(lambda stage: nbdir / f"{stage.name}.ipynb"))
     monkeypatch.setenv("ES2_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("ES2_FIGURES_DIR", str(tmp_path / "figures"))
     marker = tmp_path / "count.txt"
@@ -51,6 +56,20 @@ def test_second_run_skips_and_param_change_reruns(fake_stages):
     manifest = runs.Run(p).manifest()
     assert manifest["stages"]["02_b"]["status"] == "done" and manifest["stages"]["02_b"]["wall_s"] > 0
     assert (runs.figures_root() / "t" / "timings.md").read_text().count("| 0") == 2
+
+
+def test_a_stage_key_covers_the_stages_it_reads_and_no_others(fake_stages):
+    """A change upstream reruns the stages whose registry entry reads it (also as optional), not the others."""
+    nbdir, _ = fake_stages
+    for name in ("01_a", "02_b", "03_c", "04_d"):
+        _notebook(nbdir / f"{name}.ipynb", "print('ok')", declares="n_eval: int = 24" if name == "01_a" else "")
+    stages.STAGES.update({"03_c": stages.Stage("03_c"), "04_d": stages.Stage("04_d", optional=("02_b",))})
+    p = params.from_mapping({"name": "t", "model": "tiny"})
+    assert set(pipeline.run_pipeline(p).values()) == {"ran"}
+    assert pipeline.run_pipeline(p.replace(n_eval=5)) == {"01_a": "ran", "02_b": "ran", "03_c": "skipped",
+                                                          "04_d": "ran"}
+    with pytest.raises(pipeline.StageFailed, match="unknown stage.*03_x; the stages are 01_a, 02_b, 03_c, 04_d"):
+        pipeline.run_pipeline(p, only=["03_x"])
 
 
 def test_failing_stage_is_named_kept_and_resumed(fake_stages):
@@ -80,13 +99,17 @@ def test_published_notebook_is_clean_and_does_not_change_the_key(fake_stages):
 
 def test_library_files_follow_imports():
     """A stage's key covers the library modules it runs, also through relative imports, and no others."""
-    probing, prompt_attacks = ({str(f.relative_to(ROOT)) for f in pipeline.library_files(ROOT / "notebooks" / nb)}
-                               for nb in ("01_probing.ipynb", "04_prompt_attacks.ipynb"))
+    probing, prompt_attacks, figures = (
+        {str(f.relative_to(ROOT)) for f in pipeline.library_files(ROOT / "notebooks" / nb)}
+        for nb in ("01_probing.ipynb", "04_prompt_attacks.ipynb", "06_figures.ipynb"))
     assert {"es2_lib/__init__.py", "es2_lib/probes.py", "es2_lib/representations.py"} <= probing
     assert "es2_lib/attacks/gcg.py" not in probing and "es2_lib/pipeline.py" not in probing
     # 04 imports gcg, which imports ..generation and ..judges relatively
     assert {"es2_lib/attacks/__init__.py", "es2_lib/attacks/gcg.py", "es2_lib/generation.py",
             "es2_lib/judges.py"} <= prompt_attacks
+    # 06 imports plots.figures and plots.tables, which import the package, results and stages
+    assert {"es2_lib/plots/__init__.py", "es2_lib/plots/figures.py", "es2_lib/plots/tables.py", "es2_lib/results.py",
+            "es2_lib/stages.py"} <= figures and "es2_lib/attacks/gcg.py" not in figures
 
 
 def test_unknown_notebook_parameter_is_an_error(fake_stages):
@@ -105,15 +128,19 @@ def test_bad_params_file_is_a_clear_cli_error(tmp_path):
     assert out.returncode == 1 and "key 'n_eval' expects int" in out.stderr
 
 
-def test_figures_stage_runs_last_after_the_numbered_stages():
-    names = [nb.stem for nb in pipeline.stages()]
+def test_registry_holds_every_notebook_and_the_figures_stage_runs_last():
+    names = list(stages.STAGES)
+    assert sorted(names) == sorted(nb.stem for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert names[-1] == "06_figures" and names[:-1] == sorted(names[:-1]) and "08_srr" in names
+    for i, stage in enumerate(stages.STAGES.values()):  # a stage reads only stages that run before it
+        assert set(stage.reads + stage.optional) <= set(names[:i]), stage.name
+    assert set(stages.STAGES["06_figures"].optional) == set(names[:-1])  # the figures stage reads them all
 
 
 def test_every_notebook_declares_only_params_keys():
     p = params.Params()
-    for notebook in pipeline.stages():
-        pipeline.declared_params(notebook, p)  # raises on an unknown key
+    for stage in stages.STAGES.values():
+        pipeline.declared_params(stage.notebook, p)  # raises on an unknown key
 
 
 def test_smoke_pipeline_end_to_end(tmp_path):
@@ -125,7 +152,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     run_dir = tmp_path / "runs" / "smoke"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    names = [nb.stem for nb in pipeline.stages()]
+    names = list(stages.STAGES)
     assert all(manifest["stages"][s]["status"] == "done" for s in names)
     check_stage_results(run_dir, tmp_path / "figures" / "smoke")
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
@@ -140,15 +167,17 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     assert layers["es2_layers"] and all(0 <= layer <= 4 for layer in layers["es2_layers"])
     assert len(layers["accuracy"]) == 5  # layers 0..4 of the tiny model
     assert (run_dir / "02_es2_training" / "adapter" / "adapter_config.json").exists()
-    no_attack = read("02_es2_training", "eval.json")
-    assert {m: no_attack[m]["dsr"]["n"] for m in ("base", "es2")} == {"base": smoke.n_eval, "es2": smoke.n_eval}
+    no_attack, _ = read_attack_results(run_dir / "02_es2_training" / "no_attack.json")
+    assert {(e.model, e.attack): e.summary.n for e in no_attack} == {("base", "none"): smoke.n_eval,
+                                                                     ("es2", "none"): smoke.n_eval}
     assert len(runs.read_jsonl(run_dir / "02_es2_training" / "log.jsonl")) >= 1
-    embedding = read("03_embedding_attacks", "results.json")
+    embedding, _ = read_attack_results(run_dir / "03_embedding_attacks" / "results.json")
     for model in ("base", "es2"):
-        assert {"repe", "soft_prompt", "scav"} <= set(embedding[model])
-        assert all(0 <= e["summary"]["dsr"]["value"] <= 1 for e in embedding[model].values())
-    prompt = read("04_prompt_attacks", "results.json")["entries"]
-    assert {(e["model"], e["attack"]) for e in prompt} >= {(m, a) for m in ("base", "es2") for a in ("gcg", "autodan")}
+        assert {"repe", "soft_prompt", "scav"} <= {e.attack for e in embedding if e.model == model}
+    assert all(0 <= e.summary.dsr.value <= 1 for e in embedding)
+    assert all(len(e.sweep) == len(smoke.repe_coeffs) for e in embedding if e.attack == "repe")  # kept beside it
+    prompt, _ = read_attack_results(run_dir / "04_prompt_attacks" / "results.json")
+    assert {(e.model, e.attack) for e in prompt} >= {(m, a) for m in ("base", "es2") for a in ("gcg", "autodan")}
     capability = read("05_capability", "results.json")
     assert {"mmlu_pro", "gpqa", "xstest", "harmless"} <= set(capability["base"]) and "difference" in capability
     subspaces = read("07_safety_subspaces", "results.json")
@@ -157,4 +186,6 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     assert set(srr["models"]) == {"base", "es2"}
     for table in ("table_1_dsr", "table_2_capability"):
         assert (figures_dir / f"{table}.csv").exists() and (figures_dir / f"{table}.md").read_text().strip()
+    table_1 = pd.read_csv(figures_dir / "table_1_dsr.csv")  # 06 found every attack in what 02-04 wrote
+    assert len(table_1) == 12 and set(table_1["status"]) == {"ok"}
     assert len(list(figures_dir.glob("*.png"))) >= 5 and (figures_dir / "timings.md").exists()

@@ -22,6 +22,10 @@ def test_json_jsonl_and_tensors_round_trip(tmp_path):
     assert runs.read_jsonl(tmp_path / "r.jsonl") == [{"x": 1}, {"x": 2.0}]
     runs.write_tensors(tmp_path / "t.safetensors", {"w": torch.arange(3.0)})
     assert torch.equal(runs.read_tensors(tmp_path / "t.safetensors")["w"], torch.arange(3.0))
+    runs.write_json(tmp_path / "r.json", {"x": [1, 2]})
+    assert runs.read_result(tmp_path / "r.json") == {"x": [1, 2]}
+    assert runs.read_result(tmp_path / "r.jsonl") == [{"x": 1}, {"x": 2.0}]
+    assert runs.read_result(tmp_path / "absent.json") is None  # a stage that has not run
 
 
 def test_manifest_and_stage_skip_rule(tiny_params):
