@@ -1,6 +1,6 @@
 """The multiple-choice benchmarks of the capability check: MMLU-Pro (Wang et al. 2024, its test split) and
 GPQA diamond (Rein et al. 2023), read into `Question`s, and the seeded subsets the stage scores
-(docs/architecture.md, 'Capability').
+(docs/architecture.md, 'Metrics').
 
 GPQA's authors ask that its questions never appear in plain text online, so the GPQA reader decrypts the
 password-protected zip in memory and writes nothing; `Question` hides the text from its repr.

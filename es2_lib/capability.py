@@ -1,6 +1,6 @@
 """The capability stage's results (stage 05): accuracy on MMLU-Pro and GPQA per model and category, XSTest
 refusal rates per keyword judge, the harmless drift, the paired ES2 − base differences, and whether ES2 stays
-within the paper's "comparable capability" margin (docs/architecture.md, 'Capability'). Numbers and flags
+within the paper's "comparable capability" margin (docs/architecture.md, 'Metrics'). Numbers and flags
 only; the notebook words them.
 
 The scoring lives in multiple_choice.py, the benchmark readers in benchmarks.py, the drift in drift.py.

@@ -1,6 +1,6 @@
 """Harmless drift: how far fine-tuning moved the model's next-token distribution on ordinary text, as
 KL(p_base ‖ p_tuned) over the held-out harmless prompts and the base model's responses to them, and the
-responses' perplexity under each model (docs/architecture.md, 'Capability'; the paper's "comparable general
+responses' perplexity under each model (docs/architecture.md, 'Metrics'; the paper's "comparable general
 capabilities" claim).
 """
 

@@ -2,7 +2,7 @@
 chat template, the assistant turn starts with a fixed answer prefix ("The answer is (" by default), and the
 option letter with the highest log-probability at the next position is the answer, one forward pass per
 question with the lm_head at that position only; optionally a greedy answer read with MMLU-Pro's own
-answer-extraction rules (docs/architecture.md, 'Capability').
+answer-extraction rules (docs/architecture.md, 'Metrics' and 'Speed').
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from . import batching
 from .benchmarks import LETTERS, Question
 from .generation import generate
-from .hooks import position_ids
-from .models import chat_prompt, decoder_and_head
+from .models import chat_prompt
 from .progress import progress as progress_bar
 
 ANSWER_PREFIX = "The answer is ("
@@ -76,18 +75,13 @@ def letter_logprobs(
         return []
     texts = [chat_prompt(tokenizer, question_text(q)) + answer_prefix for q in questions]
     letter_ids = letter_token_ids(tokenizer, texts[0])
-    decoder, lm_head = decoder_and_head(model)
     device = next(model.parameters()).device
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     out: list[list[float]] = [[] for _ in questions]
     batches = batching.length_sorted([len(ids) for ids in rows], batch_size)
     for batch in progress_bar(batches, desc="letter scores") if progress else batches:
         input_ids, mask = batching.left_pad([rows[i] for i in batch], tokenizer.pad_token_id, device)
-        # the head on hidden[:, -1] ([batch, hidden]): batching.tail_logits(k=1) slices [batch, 1, hidden], which
-        # takes another matmul kernel on CPU (differs in the last float32 bit from the old scores)
-        hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask),
-                         use_cache=False).last_hidden_state
-        logprobs = torch.log_softmax(lm_head(hidden[:, -1]).float(), dim=-1)  # [batch, vocab]
+        logprobs = torch.log_softmax(batching.last_logits(model, input_ids, mask), dim=-1)  # [batch, vocab]
         for row, i in enumerate(batch):
             n = len(questions[i].options)
             out[i] = [torch.logsumexp(logprobs[row, letter_ids[k]], dim=0).item() for k in range(n)]

@@ -1,6 +1,6 @@
 """The capability stage's table and figure (stage 05; the figures stage builds Table 2 from the same rows):
 the headline measures of base and ES2 with the paired difference, as labelled rows, and the bar chart of
-accuracy, refusal rates and MMLU-Pro accuracy per category (docs/architecture.md, 'Capability').
+accuracy, refusal rates and MMLU-Pro accuracy per category (docs/architecture.md, 'Metrics').
 """
 
 from __future__ import annotations
