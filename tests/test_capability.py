@@ -1,5 +1,5 @@
 """The capability stage's results (es2_lib/capability.py and its table rows, es2_lib/plots/capability.py):
-summary, paired differences and the claim verdict."""
+summary and the claim verdict."""
 
 from __future__ import annotations
 
@@ -7,24 +7,18 @@ import math
 
 import pytest
 
-from es2_lib import capability, drift, stats
+from es2_lib import capability, drift
 from es2_lib.plots import capability as capability_plots
 
 
-def test_paired_difference_and_claim_verdict():
-    base = [True] * 50 + [False] * 50
-    same = stats.paired_difference(base, base, samples=500)
-    assert same["value"] == same["low"] == same["high"] == 0.0
-    worse = stats.paired_difference(base, [False] * 10 + base[10:], samples=500)
-    assert worse["value"] == pytest.approx(-0.1) and worse["lost"] == 10 and worse["gained"] == 0
-    assert worse["low"] < -0.1 < worse["high"] < 0
-    assert capability.claim_verdict(same, 0.02)["verdict"] == "supported"
-    assert capability.claim_verdict(worse, 0.02) | {"ci_width": None} == {
-        "margin": 0.02, "holds": False, "verdict": "refuted", "ci_width": None}
-    wide = {"value": 0.0, "low": -0.2, "high": 0.2}
-    assert capability.claim_verdict(wide, 0.02)["verdict"] == "undecided"
-    with pytest.raises(ValueError, match="equally long"):
-        stats.paired_difference([True], [True, False])
+def test_claim_verdict_reads_the_point_and_the_interval():
+    """`holds` reads the point estimate, `verdict` the interval against -margin (stats.paired_difference's
+    own tests are in test_stats.py)."""
+    assert capability.claim_verdict({"value": 0.0, "low": 0.0, "high": 0.0}, 0.02)["verdict"] == "supported"
+    worse = capability.claim_verdict({"value": -0.1, "low": -0.15, "high": -0.05}, 0.02)
+    assert worse == {"margin": 0.02, "holds": False, "verdict": "refuted", "ci_width": pytest.approx(0.1)}
+    wide = capability.claim_verdict({"value": 0.0, "low": -0.2, "high": 0.2}, 0.02)
+    assert wide["verdict"] == "undecided" and wide["holds"]
 
 
 def test_summarize_builds_results_and_table():
