@@ -92,7 +92,7 @@ def declared_params(notebook: Path, params: Params) -> dict:
     values = params.to_dict()
     unknown = sorted(set(declared) - set(values))
     if unknown:
-        raise StageFailed(f"{notebook.name}: parameters {unknown} are not keys of es2_lib/params.py")
+        raise StageFailed(f"{notebook.name}: parameters {unknown} are not keys of es2_lib/schema.py")
     return {k: values[k] for k in declared}
 
 

@@ -51,8 +51,8 @@ def test_second_run_skips_and_param_change_reruns(fake_stages):
     assert pipeline.run_pipeline(p) == {"01_a": "skipped", "02_b": "skipped"}
     assert marker.read_text() == "xx"
     # a key the notebooks declare reruns both (02 reads 01); a key they do not declare reruns nothing
-    assert pipeline.run_pipeline(p.replace(n_eval=5)) == {"01_a": "ran", "02_b": "ran"}
-    assert pipeline.run_pipeline(p.replace(n_eval=5, seed=9)) == {"01_a": "skipped", "02_b": "skipped"}
+    assert pipeline.run_pipeline(p.replace(n_eval=30)) == {"01_a": "ran", "02_b": "ran"}
+    assert pipeline.run_pipeline(p.replace(n_eval=30, seed=9)) == {"01_a": "skipped", "02_b": "skipped"}
     manifest = runs.Run(p).manifest()
     assert manifest["stages"]["02_b"]["status"] == "done" and manifest["stages"]["02_b"]["wall_s"] > 0
     assert (runs.figures_root() / "t" / "timings.md").read_text().count("| 0") == 2
@@ -66,7 +66,7 @@ def test_a_stage_key_covers_the_stages_it_reads_and_no_others(fake_stages):
     stages.STAGES.update({"03_c": stages.Stage("03_c"), "04_d": stages.Stage("04_d", optional=("02_b",))})
     p = params.from_mapping({"name": "t", "model": "tiny"})
     assert set(pipeline.run_pipeline(p).values()) == {"ran"}
-    assert pipeline.run_pipeline(p.replace(n_eval=5)) == {"01_a": "ran", "02_b": "ran", "03_c": "skipped",
+    assert pipeline.run_pipeline(p.replace(n_eval=30)) == {"01_a": "ran", "02_b": "ran", "03_c": "skipped",
                                                           "04_d": "ran"}
     with pytest.raises(pipeline.StageFailed, match="unknown stage.*03_x; the stages are 01_a, 02_b, 03_c, 04_d"):
         pipeline.run_pipeline(p, only=["03_x"])
