@@ -24,8 +24,9 @@ def tiny():
 def tiny_params(tmp_path, monkeypatch) -> params.Params:
     """Params for the tiny model with a run folder under tmp_path."""
     monkeypatch.setenv("ES2_RUNS_DIR", str(tmp_path / "runs"))
-    return params.from_mapping(dict(name="test", model="tiny", n_probe_train=8, n_es2_train=8, n_eval=4, n_attack=4, n_prompt_attack=4, subspace_n_eval_dsr=4,
-                                    batch_size=4, max_new_tokens=8, bootstrap_samples=200))
+    return params.from_mapping(dict(name="test", model="tiny", n_probe_train=8, n_es2_train=8, n_eval=4, n_attack=4,
+                                    n_prompt_attack=4, subspace_n_eval_dsr=4, batch_size=4, max_new_tokens=8,
+                                    bootstrap_samples=200))
 
 
 @pytest.fixture
