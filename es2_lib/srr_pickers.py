@@ -1,7 +1,7 @@
 """How the SRR system (Du et al. 2025, arXiv 2505.15710) and its baselines pick an answer from a candidate list, and
 how well: the trained ranker, a uniform random pick, the sampling model's own likelihood and a linear probe on the
 candidate features; ranking accuracy (top pick safe), DSR (top pick refused) and XSTest over-refusal of each pick,
-with bootstrap intervals, and ranking accuracy per feature layer. See docs/architecture.md, "Related systems".
+with bootstrap intervals, and ranking accuracy per feature layer. See docs/architecture.md, "Layers of the library".
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from . import probes
-from .capability import mean_ci
+from .stats import mean_ci
 from .srr_candidates import XSTEST, Lists, counts, mixed
 from .srr_ranker import RankerConfig, SafetyRanker, train_ranker
 
