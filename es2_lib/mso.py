@@ -53,7 +53,8 @@ def random_mso(k_a: int, k_b: int, d: int) -> float:
 
 def _row(q_a: torch.Tensor, q_b: torch.Tensor, fraction: float) -> dict:
     d, k_a, k_b = q_a.shape[0], q_a.shape[1], q_b.shape[1]
-    return {"fraction": fraction, "k_a": k_a, "k_b": k_b, "d": d, "mso": mso(q_a, q_b), "random": random_mso(k_a, k_b, d)}
+    return {"fraction": fraction, "k_a": k_a, "k_b": k_b, "d": d, "mso": mso(q_a, q_b),
+            "random": random_mso(k_a, k_b, d)}
 
 
 def weight_overlap(updates: dict[str, Update], fractions: Sequence[float]) -> list[dict]:

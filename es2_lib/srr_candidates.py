@@ -150,7 +150,8 @@ def with_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, lists: L
     candidate = representations.last_token_states(model, tokenizer, repeated, layers, batch_size, progress,
                                                   responses=flat)
     n, k = lists.perplexity.shape
-    return replace(lists, layers=list(layers), instruction=instruction, candidate=candidate.view(n, k, *candidate.shape[1:]))
+    return replace(lists, layers=list(layers), instruction=instruction,
+                   candidate=candidate.view(n, k, *candidate.shape[1:]))
 
 
 def select(lists: Lists, rows: torch.Tensor) -> Lists:

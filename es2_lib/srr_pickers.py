@@ -131,7 +131,8 @@ def evaluate_model(lists: Lists, layer: int, config: PickerConfig) -> tuple[dict
     if not train.any():
         return {**out, "untrained": True}, None
     ranker, probe, losses = fit_scorers(lists, layer, config)
-    out["training"] = {"lists": int(train.sum()), "steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1]}
+    out["training"] = {"lists": int(train.sum()), "steps": len(losses), "loss_first": losses[0],
+                       "loss_last": losses[-1]}
     picker_scores = scores(lists, layer, ranker, probe, config.likelihood)
     out.update(evaluate_lists(lists, picker_scores, config))
     return out, picker_scores

@@ -31,8 +31,8 @@ def project_update(update: Update, reference: Update, fraction: float, complemen
     `reference`, k = projection_rank(rank of the reference's matrix, fraction). A parameter the reference leaves
     unchanged has an empty subspace there (so it is dropped, or kept whole for the complement).
 
-    Returns the projected update and {energy_kept: Σ‖PΔ‖²/Σ‖Δ‖², energy_random: the share a random subspace
-    of the same k would keep in expectation, k_mean, rank_mean}."""
+    Returns the projected update and {energy_kept: Σ‖PΔ‖²/Σ‖Δ‖², energy_random: the share a random
+    subspace of the same k would keep in expectation, k_mean, rank_mean}."""
     projected: Update = {}
     total = kept = expected = 0.0
     ks, ranks = [], []

@@ -1,8 +1,9 @@
-"""SRR (es2_lib/srr_candidates.py, srr_ranker.py, srr_pickers.py): the ranker's order invariance and listwise training, dropping lists, and the candidate
-pipeline (sampling, features, labels) on the tiny model."""
+"""SRR (es2_lib/srr_candidates.py, srr_ranker.py, srr_pickers.py): the ranker's order invariance and listwise
+training, dropping lists, and the candidate pipeline (sampling, features, labels) on the tiny model."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -12,6 +13,7 @@ import torch
 from es2_lib import evaluate, srr_candidates, srr_pickers, srr_ranker
 from es2_lib.srr_candidates import XSTEST
 from es2_lib.generation import generate
+from es2_lib.plots import srr as srr_plots
 from es2_lib.models import chat_prompt
 from es2_lib.representations import last_token_states
 
@@ -100,11 +102,24 @@ def test_ranker_learns_a_separable_signal_and_pick_rates():
     assert accuracy["srr"]["value"] >= 0.9 and accuracy["probe"]["value"] >= 0.9
     assert accuracy["random"]["value"] == pytest.approx(safe[20:].float().mean().item())
     flags = torch.tensor([[True, False], [False, True]])
-    rates = srr_pickers.pick_rates(flags, {"srr": torch.tensor([[1.0, 0.0], [1.0, 0.0]]), "likelihood": torch.zeros(2, 2),
+    rates = srr_pickers.pick_rates(flags, {"srr": torch.tensor([[1.0, 0.0], [1.0, 0.0]]),
+                                           "likelihood": torch.zeros(2, 2),
                                    "probe": torch.tensor([[0.0, 1.0], [0.0, 1.0]])}, torch.tensor([True, True]),
                            config(), oracle=True)
     assert rates["srr"]["value"] == 0.5 and rates["random"]["value"] == 0.5 and rates["oracle"]["value"] == 1.0
 
+
+
+def test_figure_draws_from_results_read_back_from_json():
+    """The figures stage redraws 08's figure from results.json: a trained model, an untrained one, the ablation."""
+    safe = [[True, False, False, True], [False, True, False, False]] * 4
+    lists = hand_lists(safe, ["train", "test"] * 4)
+    trained, _ = srr_pickers.evaluate_model(lists, 1, config(steps=5))
+    untrained, _ = srr_pickers.evaluate_model(hand_lists([[True] * 4, [False] * 4], ["train", "test"]), 1, config())
+    results = {"models": {"base": trained, "es2": untrained}, "ablation": srr_pickers.layer_ablation(lists, config(5))}
+    axes = srr_plots.figure(json.loads(json.dumps(results))).axes
+    assert len(axes) == 4 and len(axes[0].patches) == 2 * len(srr_pickers.PICKERS)
+    assert [line.get_xdata().tolist() for line in axes[3].lines] == [[1]] * 3  # srr, probe, random at layer 1
 
 def test_prompts_layers_and_splits(tiny):
     _, tokenizer = tiny
@@ -114,7 +129,8 @@ def test_prompts_layers_and_splits(tiny):
     assert srr_candidates.ablation_layers([0.125, 0.25, 0.5, 1.0], 4) == [1, 2, 4]
     rows = [{"model": "es2", "attack": "gcg", "prompt": "a", "attack_prompt": "a !"},
             {"model": "base", "attack": "gcg", "prompt": "b", "attack_prompt": "b ?"}]
-    assert srr_candidates.attack_prompts(rows, "base") == ["b ?"] and srr_candidates.attack_prompts(rows * 2, "es2") == ["a !"]
+    assert srr_candidates.attack_prompts(rows, "base") == ["b ?"]
+    assert srr_candidates.attack_prompts(rows * 2, "es2") == ["a !"]
     available = {"jailbroken": jailbroken[:20], XSTEST: ["x"] * 5}
     budget = dict(max_prompt_tokens=60, n_per_source=3, n_xstest=8, seed=0)
     chosen, sizes = srr_candidates.choose_prompts(available, tokenizer, **budget)

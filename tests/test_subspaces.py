@@ -1,4 +1,5 @@
-"""Safety-subspace tests (weight_updates, mso, subspace_projection, fine_tuning, plots/subspaces): MSO, its random baseline, projections and the fine-tunes."""
+"""Safety-subspace tests (weight_updates, mso, subspace_projection, fine_tuning, plots/subspaces): MSO, its random
+baseline, projections and the fine-tunes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from es2_lib import data, fine_tuning, mso, subspace_projection, weight_updates
 from es2_lib.plots import subspaces as subspace_plots
+from es2_lib.weight_updates import dense
 
 
 def orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
@@ -59,7 +61,7 @@ def test_projecting_onto_k_components_keeps_exactly_their_share_of_the_energy():
         share = float(s[:k].pow(2).sum() / s.pow(2).sum())
         assert weight_updates.energy(inside) / total == pytest.approx(share, rel=1e-5)
         assert weight_updates.energy(outside) / total == pytest.approx(1 - share, abs=1e-5)
-        assert torch.allclose(weight_updates.dense(inside) + weight_updates.dense(outside), weight_updates.dense(delta), atol=1e-4)
+        assert torch.allclose(dense(inside) + dense(outside), dense(delta), atol=1e-4)
 
 
 def test_project_update_onto_itself_and_onto_an_orthogonal_reference():
@@ -75,7 +77,8 @@ def test_project_update_onto_itself_and_onto_an_orthogonal_reference():
     update = {"w": (orth[:, :8] @ torch.randn(8, 8), torch.randn(8, 30))}
     reference = {"w": (orth[:, 8:] @ torch.randn(8, 8), torch.randn(8, 30))}
     assert subspace_projection.project_update(update, reference, 0.99)[1]["energy_kept"] == pytest.approx(0.0, abs=1e-6)
-    assert subspace_projection.project_update(update, reference, 0.99, complement=True)[1]["energy_kept"] == pytest.approx(1.0)
+    outside = subspace_projection.project_update(update, reference, 0.99, complement=True)[1]
+    assert outside["energy_kept"] == pytest.approx(1.0)
 
 
 def test_energy_and_projection_ranks():
@@ -114,7 +117,7 @@ def test_combine_sums_updates_exactly():
     a, b = {"m": low_rank(12, 10, 2, 0), "n": torch.ones(3)}, {"m": low_rank(12, 10, 3, 1), "n": torch.ones(3)}
     total = weight_updates.combine(a, b)
     assert total["m"][0].shape == (12, 5)
-    assert torch.allclose(weight_updates.dense(total["m"]), weight_updates.dense(a["m"]) + weight_updates.dense(b["m"]), atol=1e-5)
+    assert torch.allclose(dense(total["m"]), dense(a["m"]) + dense(b["m"]), atol=1e-5)
     assert torch.equal(total["n"], 2 * torch.ones(3))
 
 
@@ -158,7 +161,7 @@ def test_fine_tune_returns_a_lora_update_and_leaves_the_model_unchanged(tiny, ti
     model = tuned.unload()
     read = weight_updates.saved_update(model, tmp_path / "adapter")
     assert set(read) == set(expected)
-    assert all(torch.allclose(weight_updates.dense(read[n]), weight_updates.dense(expected[n])) for n in read)
+    assert all(torch.allclose(dense(read[n]), dense(expected[n])) for n in read)
     assert all(torch.equal(w, before[n]) for n, w in model.named_parameters())
 
 
@@ -180,13 +183,14 @@ def test_full_update_factors_decoder_matrices_and_keeps_other_changes_dense(tiny
 def test_draw_pairs_are_disjoint_seeded_and_filtered(tiny):
     _, tokenizer = tiny
     pairs = data.load_pairs("hidden_context_unsafe")
-    draws = fine_tuning.draw_pairs(tokenizer, pairs, {"a": 5, "b": 5}, max_prompt_tokens=200, seed=0, skip_refusals=True)
-    again = fine_tuning.draw_pairs(tokenizer, pairs, {"a": 5, "b": 5}, max_prompt_tokens=200, seed=0, skip_refusals=True)
+    draw = dict(max_prompt_tokens=200, seed=0, skip_refusals=True)
+    draws = fine_tuning.draw_pairs(tokenizer, pairs, {"a": 5, "b": 5}, **draw)
+    again = fine_tuning.draw_pairs(tokenizer, pairs, {"a": 5, "b": 5}, **draw)
     assert draws == again and len(draws["a"]) == len(draws["b"]) == 5
     assert not {r["prompt"] for r in draws["a"]} & {r["prompt"] for r in draws["b"]}
     from es2_lib import judges
     assert not any(judges.is_refusal(r["response"]) for r in draws["a"] + draws["b"])
-    rest = fine_tuning.draw_pairs(tokenizer, pairs, {"a": 5, "rest": None}, max_prompt_tokens=200, seed=0, skip_refusals=True)
+    rest = fine_tuning.draw_pairs(tokenizer, pairs, {"a": 5, "rest": None}, **draw)
     assert rest["a"] == draws["a"] and len(rest["rest"]) > 5 and draws["b"] == rest["rest"][:5]
     with pytest.raises(ValueError, match="only"):
         fine_tuning.draw_pairs(tokenizer, pairs, {"a": 500}, max_prompt_tokens=200, seed=0)
@@ -229,7 +233,8 @@ def test_figures_draw_from_results_read_back_from_json():
     ax = subspace_plots.weight_mso_figure(weight).axes[0]
     assert len(ax.lines) == 6 and "3 matrices" in ax.get_title()
     activation = [{"model": m, "pair": p, "fraction": f, "mso": 0.4, "random": 0.2} for m in ("base", "es2")
-                  for p in ("harmful A vs useful B", "harmful A vs harmful B", "useful A vs useful B") for f in (0.5, 0.9)]
+                  for p in ("harmful A vs useful B", "harmful A vs harmful B", "useful A vs useful B")
+                  for f in (0.5, 0.9)]
     fig = subspace_plots.activation_mso_figure(activation, [18, 22], 8)
     assert [len(ax.lines) for ax in fig.axes] == [4, 4] and "layers 18–22" in fig.axes[0].get_title()
     rate = {"dsr": {"value": 0.5, "low": 0.25, "high": 0.75}, "n": 8}
