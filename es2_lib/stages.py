@@ -44,9 +44,11 @@ _ALL = (
           writes=("results.json", "results.csv", "responses.jsonl", "attack_prompts.jsonl")),
     Stage("05_capability", reads=("02_es2_training",),
           writes=("results.json", "results.csv", "predictions.jsonl", "responses.jsonl")),
-    Stage("07_safety_subspaces", reads=("01_probing", "02_es2_training"), writes=("results.json",)),
+    Stage("07_safety_subspaces", reads=("01_probing", "02_es2_training"),
+          writes=("results.json", "responses.jsonl", "weight_mso.csv", "weight_mso_per_matrix.csv", "projection.csv",
+                  "activation_mso.csv", "benign_ft.csv")),
     Stage("08_srr", reads=("02_es2_training",), optional=("04_prompt_attacks",),
-          writes=("results.json", "results.csv", "candidates.jsonl", "eval.json")),
+          writes=("results.json", "results.csv", "candidates.jsonl")),
     # the figures stage runs last: it reads every other stage's results, those of 07 and 08 too
     Stage("06_figures", optional=("01_probing", "02_es2_training", "03_embedding_attacks", "04_prompt_attacks",
                                   "05_capability", "07_safety_subspaces", "08_srr")),
