@@ -111,10 +111,18 @@ def run_with_cache_and_logprobs(model: nn.Module, inputs: Mapping[str, torch.Ten
     [batch, vocab] there (float32; the lm_head runs on that position only)."""
     layers = check_layers(model, layers)
     decoder, head = models.decoder_and_head(model)
-    captured: dict[int, torch.Tensor] = {}
-    with _capturing(model, layers, lambda layer, hidden: captured.__setitem__(layer, hidden[:, -1])):
+    last = models.num_layers(model)
+    captured: dict[int, torch.Tensor] = {}  # layer -> [batch, seq, hidden], or [batch, hidden] for layer L
+
+    # Layer L is sliced inside its hook, earlier layers after the forward: the order in which autograd sums the
+    # gradients into a block's output follows the order its slices were made, so this keeps training updates (not
+    # only values) bit-identical to a forward that reads HF's hidden_states.
+    def capture(layer: int, hidden: torch.Tensor) -> None:
+        captured[layer] = hidden[:, -1] if layer == last else hidden
+
+    with _capturing(model, layers, capture):
         hidden = decoder(**_model_inputs(inputs)).last_hidden_state  # [batch, seq, hidden], after the final norm
-    states = torch.stack([captured[layer] for layer in layers], dim=1)
+    states = torch.stack([captured[layer] if layer == last else captured[layer][:, -1] for layer in layers], dim=1)
     return states, head(hidden[:, -1]).float().log_softmax(-1)
 
 
