@@ -1,5 +1,5 @@
 """Prompt sets, the fixed probe-train / ES2-train / eval splits and the bundled training pairs (docs/architecture.md,
-'Data').
+'Layers of the library').
 
 `load_prompts` reads a bundled set from `data/` (AdvBench, Alpaca, MaliciousInstruct, XSTest) or a user's CSV
 or JSON Lines file with a `prompt` column, through the `datasets` library. `make_splits` draws seeded,

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from . import models
-from .representations import position_ids
+from . import batching, models
 
 
 def layer_distance(harmful: torch.Tensor, harmless: torch.Tensor, scale: torch.Tensor, distance: str) -> torch.Tensor:
@@ -62,17 +61,11 @@ def es2_loss(
 
 def refusal_ce(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]],
                n_tokens: int) -> torch.Tensor:
-    """Mean cross-entropy of the first `n_tokens` tokens of each refusal after its chat prompt (teacher forcing)."""
-    device = model.get_input_embeddings().weight.device
-    rows = [(tokenizer(models.chat_prompt(tokenizer, q), add_special_tokens=False)["input_ids"],
-             tokenizer(a, add_special_tokens=False)["input_ids"][:n_tokens]) for q, a in pairs]
-    width, n_resp = max(len(q) + len(a) for q, a in rows), max(len(a) for _, a in rows)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(q) - len(a)) + q + a for q, a in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(q) - len(a)) + [1] * (len(q) + len(a)) for q, a in rows], device=device)
-    targets = torch.tensor([[-100] * (n_resp - len(a)) + a for _, a in rows], device=device)  # [b, n_resp]
-    decoder, head = models.decoder_and_head(model)
-    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                     use_cache=False).last_hidden_state  # [b, width, hidden]
-    logits = head(hidden[:, -n_resp - 1:-1]).float()  # [b, n_resp, vocab]: only the response positions
-    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+    """Mean cross-entropy of the first `n_tokens` tokens of each refusal after its chat prompt (teacher forcing),
+    averaged over all scored tokens of the batch."""
+    prompts = [tokenizer(models.chat_prompt(tokenizer, q), add_special_tokens=False)["input_ids"] for q, _ in pairs]
+    refusals = [tokenizer(a, add_special_tokens=False)["input_ids"][:n_tokens] for _, a in pairs]
+    batch = batching.prompt_target_batch(prompts, refusals, tokenizer.pad_token_id,
+                                         model.get_input_embeddings().weight.device)
+    logits = batching.target_logits(model, batch)  # [b, n, vocab] float32 at the refusal positions only
+    return F.cross_entropy(logits.transpose(1, 2), batch.targets, ignore_index=batching.IGNORE)

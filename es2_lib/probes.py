@@ -1,4 +1,5 @@
-"""Linear probes and separation metrics on last-token representations (DESIGN.md §1 and §5, "Separation").
+"""Linear probes and separation metrics on last-token representations (docs/architecture.md, 'Representations'
+and 'Metrics').
 
 ES2's premise (paper §1, after SCAV, Xu et al. 2024) is that harmful and harmless prompts are linearly separable
 in the residual stream. This module fits one logistic-regression probe P(harmful | e) = σ(wᵀe + b) per layer,

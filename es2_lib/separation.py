@@ -13,41 +13,20 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from . import evaluate, generation, judges, models, probes, representations
+from . import batching, evaluate, generation, hooks, judges, models, probes, representations
 from .objective import kl_divergence
-
-
-def _last_token_forward(model: nn.Module, batch, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward: states [batch, len(layers), hidden] at the last prompt token (layer convention of
-    representations.py) and next-token log-probs [batch, vocab] there (float32; the lm_head runs on that
-    position only)."""
-    layers = representations.check_layers(model, layers)
-    n_layers = models.num_layers(model)
-    decoder, head = models.decoder_and_head(model)
-    captured: dict[str, torch.Tensor] = {}
-    hook = models.decoder_layers(model)[-1].register_forward_hook(  # layer L is the last block's raw output
-        lambda module, args, out: captured.update(last=(out[0] if isinstance(out, tuple) else out)[:, -1]))
-    mask = batch["attention_mask"]
-    try:
-        out = decoder(input_ids=batch["input_ids"], attention_mask=mask, output_hidden_states=True,
-                      position_ids=representations.position_ids(mask), use_cache=False)
-    finally:
-        hook.remove()
-    states = torch.stack([captured["last"] if layer == n_layers else out.hidden_states[layer][:, -1]
-                          for layer in layers], dim=1)
-    return states, head(out.last_hidden_state[:, -1]).float().log_softmax(-1)
 
 
 @torch.no_grad()
 def states_and_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], layers: list[int],
                         batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last-prompt-token states [n, len(layers), hidden] and next-token log-probs [n, vocab] of many prompts, in
-    consecutive batches, float32 on the CPU."""
+    """Last-prompt-token states [n, len(layers), hidden] and next-token log-probs [n, vocab] of many prompts
+    (hooks.run_with_cache_and_logprobs in consecutive batches), float32 on the CPU."""
     device = model.get_input_embeddings().weight.device
     states, logp = [], []
     for start in range(0, len(prompts), batch_size):
         batch = representations.encode_prompts(tokenizer, prompts[start:start + batch_size], device)
-        s, lp = _last_token_forward(model, batch, layers)
+        s, lp = hooks.run_with_cache_and_logprobs(model, batch, layers)
         states.append(s.float().cpu())
         logp.append(lp.cpu())
     return torch.cat(states), torch.cat(logp)
@@ -58,13 +37,11 @@ def next_token_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pr
                         batch_size: int = 8) -> torch.Tensor:
     """Next-token log-probs [n, vocab] after each chat-formatted prompt, float32 on the CPU."""
     device = model.get_input_embeddings().weight.device
-    decoder, head = models.decoder_and_head(model)
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = representations.encode_prompts(tokenizer, prompts[start:start + batch_size], device)
-        mask = batch["attention_mask"]
-        hidden = decoder(**batch, position_ids=representations.position_ids(mask), use_cache=False).last_hidden_state
-        out.append(head(hidden[:, -1]).float().log_softmax(-1).cpu())
+        logits = batching.tail_logits(model, batch["input_ids"], batch["attention_mask"], k=1)  # [b, 1, vocab]
+        out.append(logits[:, 0].log_softmax(-1).cpu())
     return torch.cat(out)
 
 

@@ -22,14 +22,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from . import adapters, data, probes, representations
+from . import adapters, data, hooks, probes, representations
 from .objective import es2_loss, kl_divergence, refusal_ce
 from .progress import progress as progress_bar
-from .separation import _last_token_forward, states_and_logprobs
+from .separation import states_and_logprobs
 
 PACKAGE = Path(__file__).resolve().parent
 # The library modules a training step runs through: an edit to any of them makes old checkpoints stale.
-TRAINING_CODE = ("objective.py", "trainer.py", "adapters.py", "separation.py", "representations.py", "data.py")
+TRAINING_CODE = ("objective.py", "trainer.py", "adapters.py", "separation.py", "hooks.py", "batching.py",
+                 "representations.py", "probes.py", "data.py", "models.py")
 
 
 def code_hash(files: Iterable[Path] = tuple(PACKAGE / name for name in TRAINING_CODE)) -> str:
@@ -87,7 +88,7 @@ class ES2Trainer:
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, harmful: list[str], harmless: list[str],
                  layers: list[int], config: TrainConfig, checkpoint_dir: str | Path | None = None):
-        self.layers = representations.check_layers(model, layers)
+        self.layers = hooks.check_layers(model, layers)
         if not harmful or not harmless:
             raise ValueError(f"ES2 needs harmful and harmless training prompts, got {len(harmful)} and {len(harmless)}")
         self.tokenizer, self.harmful, self.harmless, self.config = tokenizer, harmful, harmless, config
@@ -138,7 +139,7 @@ class ES2Trainer:
         batch = representations.encode_prompts(
             self.tokenizer, [self.harmful[i] for i in h_idx] + [self.harmless[i] for i in s_idx], self.device)
         self.model.train()
-        states, logp = _last_token_forward(self.model, batch, self.layers)  # [2b, layers, hidden], [2b, vocab]
+        states, logp = hooks.run_with_cache_and_logprobs(self.model, batch, self.layers)  # [2b, layers, hidden], [2b, vocab]
         b = len(h_idx)
         retain = torch.zeros((), device=self.device)
         if c.es2_retain == "kl":
