@@ -8,12 +8,13 @@ and the harmless KL(base || ES2), perplexity and refusal rate. See docs/architec
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from . import batching, evaluate, generation, hooks, judges, models, probes, representations
+from . import evaluate, generation, hooks, judges, models, probes, representations, results
 from .objective import kl_divergence
 
 
@@ -40,8 +41,8 @@ def next_token_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pr
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = representations.encode_prompts(tokenizer, prompts[start:start + batch_size], device)
-        logits = batching.tail_logits(model, batch["input_ids"], batch["attention_mask"], k=1)  # [b, 1, vocab]
-        out.append(logits[:, 0].log_softmax(-1).cpu())
+        _, logp = hooks.run_with_cache_and_logprobs(model, batch, [0])  # only the log-probs are kept
+        out.append(logp.cpu())
     return torch.cat(out)
 
 
@@ -82,3 +83,20 @@ def compare(base: dict, tuned: dict, layers: list[int], probe_folds: int, probe_
             "harmless_ppl_median": ppl,
             "harmless_refusal": {name: sum(judges.refusals(m["responses"]["harmless"])) / len(m["responses"]["harmless"])
                                  for name, m in (("base", base), ("es2", tuned))}}
+
+
+def no_attack_entries(summaries: Mapping[str, dict]) -> list[results.AttackEntry]:
+    """Table 1's "no attack" row: one AttackEntry per model (attack "none", no perturbation) of how its greedy
+    responses to the harmful eval prompts were judged (`summaries[model]` as `evaluate.summarize` returns it)."""
+    return [results.AttackEntry(model=model, attack="none", setting="", summary=results.Summary.from_dict(summary),
+                                perturbation={"l2": 0.0}, budget={}) for model, summary in summaries.items()]
+
+
+def response_records(prompts: Mapping[str, list[str]], measured: Mapping[str, dict],
+                     judged: Mapping[str, list[dict]]) -> list[dict]:
+    """Stage 02's responses.jsonl: per model and eval class (`prompts["harmful"|"harmless"]`) each prompt's greedy
+    response from `measured[model]`, with its judgement `judged[model][i]` for the harmful prompts."""
+    return [{"model": which, "set": f"{cls}_eval", "prompt": prompt, "response": text,
+             **(judged[which][i] if cls == "harmful" else {})}
+            for which, m in measured.items() for cls in ("harmful", "harmless")
+            for i, (prompt, text) in enumerate(zip(prompts[cls], m["responses"][cls]))]
