@@ -40,12 +40,14 @@ def test_target_nll_equals_a_full_forward_per_row(lively):
 def test_tail_logits_runs_the_head_on_the_scored_positions_only(tiny):
     model, tokenizer = tiny
     seen = []
-    model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(tuple(a[0].shape[:-1])))
     ids, mask = batching.left_pad([[1, 2, 3, 4, 5], [6, 7]], tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
         shifted = batching.tail_logits(model, ids, mask, k=2, shift=1)
         last = batching.tail_logits(model, ids, mask, k=1)
+        next_token = batching.last_logits(model, ids, mask)
         full = model(input_ids=ids, attention_mask=mask, position_ids=hooks.position_ids(mask)).logits.float()
-    assert seen[:2] == [2, 1]
+    assert seen == [(2, 2), (2, 1), (2,), (2, ids.shape[1])]
     torch.testing.assert_close(shifted, full[:, -3:-1])
     torch.testing.assert_close(last, full[:, -1:])
+    torch.testing.assert_close(next_token, full[:, -1])
