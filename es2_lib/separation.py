@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from . import evaluate, generation, hooks, judges, models, probes, representations, results
+from . import batching, evaluate, generation, hooks, judges, models, probes, representations, results
 from .objective import kl_divergence
 
 
@@ -41,8 +41,7 @@ def next_token_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pr
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = representations.encode_prompts(tokenizer, prompts[start:start + batch_size], device)
-        _, logp = hooks.run_with_cache_and_logprobs(model, batch, [0])  # only the log-probs are kept
-        out.append(logp.cpu())
+        out.append(batching.last_logits(model, batch["input_ids"], batch["attention_mask"]).log_softmax(-1).cpu())
     return torch.cat(out)
 
 
