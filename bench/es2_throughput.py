@@ -1,5 +1,5 @@
-"""Benchmark: ES2 training throughput (prompt tokens per second) of `es2.ES2Trainer.train_step` against the
-obvious baseline step (DESIGN.md §7).
+"""Benchmark: ES2 training throughput (prompt tokens per second) of `trainer.ES2Trainer.train_step` against the
+obvious baseline step (docs/architecture.md, 'Speed').
 
 Ours: one forward for the harmful and harmless batch together, the lm_head only at the last prompt position, and the
 base model's next-token distributions computed once before training (the base weights are frozen), so a step has
@@ -29,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from es2_lib import es2, models, params, representations  # noqa: E402
+from es2_lib import hooks, models, objective, params, representations  # noqa: E402
+from es2_lib.trainer import ES2Trainer, TrainConfig  # noqa: E402
 from es2_lib.runs import write_json  # noqa: E402
 
 
@@ -46,14 +47,14 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def baseline_step(trainer: es2.ES2Trainer, step: int) -> int:
+def baseline_step(trainer: ES2Trainer, step: int) -> int:
     """The naive step: full-vocabulary logits at every position, and a second (base) forward per step."""
-    p, model, device = trainer.p, trainer.model, trainer.device
+    model, device = trainer.model, trainer.device
     h_idx = trainer._indices(len(trainer.harmful), step, 0)
     s_idx = trainer._indices(len(trainer.harmless), step, 1)
     batch = representations.encode_prompts(
         trainer.tokenizer, [trainer.harmful[i] for i in h_idx] + [trainer.harmless[i] for i in s_idx], device)
-    positions = representations.position_ids(batch["attention_mask"])
+    positions = hooks.position_ids(batch["attention_mask"])
     model.train()
     out = model(**batch, position_ids=positions, output_hidden_states=True, use_cache=False)
     states = torch.stack([out.hidden_states[layer][:, -1] for layer in trainer.layers], 1)  # [2b, layers, hidden]
@@ -61,8 +62,8 @@ def baseline_step(trainer: es2.ES2Trainer, step: int) -> int:
     b = len(h_idx)
     with model.disable_adapter(), torch.no_grad():
         base = model(**batch, position_ids=positions, use_cache=False).logits[:, -1].float().log_softmax(-1)
-    retain = es2.kl_divergence(base[:b], logp[:b]).mean()  # the bench runs es2_retain = "kl"
-    loss, _ = es2.es2_loss(states[:b], states[b:], trainer.scale, logp[b:], base[b:], retain, p)
+    retain = objective.kl_divergence(base[:b], logp[:b]).mean()  # the bench runs es2_retain = "kl"
+    loss, _ = trainer.objective(states[:b], states[b:], logp[b:], base[b:], retain)
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     trainer.optimizer.step()
@@ -90,7 +91,7 @@ def main() -> None:
     p = params.from_mapping(dict(model=args.model, dtype=args.dtype, device=args.device, es2_batch_size=args.batch_size,
                                  batch_size=args.batch_size, es2_steps=10**6, kl_threshold=float("inf"), es2_retain="kl",
                                  es2_checkpoint_every=0))
-    trainer = es2.ES2Trainer(model, tokenizer, harmful, harmless, layers, p)
+    trainer = ES2Trainer(model, tokenizer, harmful, harmless, layers, TrainConfig.of(p.to_dict()))
     times: dict[str, list[float]] = {"ours": [], "baseline": []}
     tokens: dict[str, list[int]] = {"ours": [], "baseline": []}
     for step in range(args.steps + 1):  # step 0 is the warm-up of each method

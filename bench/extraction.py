@@ -1,5 +1,5 @@
 """Benchmark: last-prompt-token states by `representations.last_token_states` (stops after the deepest requested
-layer, no lm_head) against the obvious baseline, a full forward with `output_hidden_states=True` (DESIGN.md §7).
+layer, no lm_head) against the obvious baseline, a full forward with `output_hidden_states=True` (docs/architecture.md, 'Speed').
 
 Both run on the same prompts, in the same length-sorted batches, under inference_mode, interleaved in one process
 after a warm-up; the script reports median seconds, the ratio, and the largest difference between the two at layers
@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from es2_lib import models, representations  # noqa: E402
+from es2_lib import batching, hooks, models, representations  # noqa: E402
 from es2_lib.runs import write_json  # noqa: E402
 
 ADVBENCH = [ROOT / "data/advbench/harmful_behaviors.csv", ROOT.parent / "shared/data/advbench/harmful_behaviors.csv"]
@@ -42,13 +42,11 @@ def full_forward_states(model, tokenizer, prompts: list[str], layers: list[int],
     device = model.get_input_embeddings().weight.device
     texts = [models.chat_prompt(tokenizer, prompt) for prompt in prompts]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     states = torch.empty(len(prompts), len(layers), model.config.hidden_size)  # [n, layers, hidden]
     with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            index = order[start:start + batch_size]
+        for index in batching.length_sorted(lengths, batch_size):
             batch = representations.encode_prompts(tokenizer, [prompts[i] for i in index], device)
-            out = model(**batch, position_ids=representations.position_ids(batch["attention_mask"]),
+            out = model(**batch, position_ids=hooks.position_ids(batch["attention_mask"]),
                         output_hidden_states=True, use_cache=False)
             states[index] = torch.stack([out.hidden_states[layer][:, -1] for layer in layers], 1).float().cpu()
     return states
@@ -77,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = models.load_model(args.model, dtype=args.dtype, device=args.device)
-    layers = representations.check_layers(model, args.layers)
+    layers = hooks.check_layers(model, args.layers)
     n_layers = models.num_layers(model)
     prompts = read_prompts(args.n)
     methods = {

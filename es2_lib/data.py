@@ -1,10 +1,12 @@
-"""Prompt sets and the fixed probe-train / ES2-train / eval splits (DESIGN.md §3).
+"""Prompt sets, the fixed probe-train / ES2-train / eval splits and the bundled training pairs (docs/architecture.md,
+'Layers of the library').
 
 `load_prompts` reads a bundled set from `data/` (AdvBench, Alpaca, MaliciousInstruct, XSTest) or a user's CSV
 or JSON Lines file with a `prompt` column, through the `datasets` library. `make_splits` draws seeded,
 disjoint splits of harmful and harmless prompts, and `write_splits` writes them into the run folder so that
-every stage uses the same ones. Any malformed input raises `DataError` naming the file, the row and what
-was expected.
+every stage uses the same ones. `load_refusals` and `load_pairs` read the (instruction, response) pairs that
+ES2's refusal retain term (paper Section 3) and the safety-subspace fine-tunes train on. Any malformed input
+raises `DataError` naming the file, the row and what was expected.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Iterator
 
 import datasets
 
-from .params import Params
+from . import judges
 from .runs import Run, write_json
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -197,38 +199,39 @@ def _distinct(rows: list[dict]) -> list[dict]:
     return kept
 
 
-def make_splits(p: Params) -> dict[str, dict[str, list[dict]]]:
+def make_splits(harmful_prompts: str, harmless_prompts: str, n_probe_train: int, n_es2_train: int, n_eval: int,
+                seed: int) -> dict[str, dict[str, list[dict]]]:
     """Seeded, disjoint splits {"harmful"|"harmless": {"probe_train"|"es2_train"|"eval": rows}}.
 
-    Rule: each class's prompts (p.harmful_prompts, p.harmless_prompts) are deduplicated (up to whitespace,
-    first occurrence kept, file order) and shuffled once by `random.Random(f"{p.seed}/{class}")`; the
-    splits are then consecutive slices of that order, drawn in the order eval (p.n_eval), es2_train
-    (p.n_es2_train), probe_train (p.n_probe_train). So eval depends only on the seed, the source and
-    n_eval; es2_train also on n_eval; changing n_probe_train never changes the other two splits, and
-    enlarging a split keeps its earlier prompts. The same params give the same splits in every process.
+    Rule: each class's prompts (`harmful_prompts`, `harmless_prompts`: sources of `load_prompts`) are deduplicated
+    (up to whitespace, first occurrence kept, file order) and shuffled once by `random.Random(f"{seed}/{class}")`;
+    the splits are then consecutive slices of that order, drawn in the order eval (n_eval), es2_train
+    (n_es2_train), probe_train (n_probe_train). So eval depends only on the seed, the source and n_eval;
+    es2_train also on n_eval; changing n_probe_train never changes the other two splits, and enlarging a split
+    keeps its earlier prompts. The same arguments give the same splits in every process.
     """
-    need = p.n_eval + p.n_es2_train + p.n_probe_train
+    need = n_eval + n_es2_train + n_probe_train
     splits: dict[str, dict[str, list[dict]]] = {}
-    for cls, source in (("harmful", p.harmful_prompts), ("harmless", p.harmless_prompts)):
+    for cls, source in (("harmful", harmful_prompts), ("harmless", harmless_prompts)):
         rows = _distinct(load_prompts(source))
         if len(rows) < need:
             raise DataError(
                 f"{cls} prompt set {source!r} has {len(rows)} distinct prompts but the splits need {need} "
-                f"(n_eval {p.n_eval} + n_es2_train {p.n_es2_train} + n_probe_train {p.n_probe_train}); "
+                f"(n_eval {n_eval} + n_es2_train {n_es2_train} + n_probe_train {n_probe_train}); "
                 f"lower these params or use a larger set"
             )
-        random.Random(f"{p.seed}/{cls}").shuffle(rows)
-        after_eval = p.n_eval + p.n_es2_train
+        random.Random(f"{seed}/{cls}").shuffle(rows)
+        after_eval = n_eval + n_es2_train
         splits[cls] = {
             "probe_train": rows[after_eval:need],
-            "es2_train": rows[p.n_eval:after_eval],
-            "eval": rows[:p.n_eval],
+            "es2_train": rows[n_eval:after_eval],
+            "eval": rows[:n_eval],
         }
     both = {_key(r["prompt"]) for s in splits["harmful"].values() for r in s} & {
         _key(r["prompt"]) for s in splits["harmless"].values() for r in s}
     if both:
-        raise DataError(f"{len(both)} prompt(s) drawn as both harmful ({p.harmful_prompts!r}) and harmless "
-                        f"({p.harmless_prompts!r}), e.g. {sorted(both)[0]!r}; the two sets must not overlap")
+        raise DataError(f"{len(both)} prompt(s) drawn as both harmful ({harmful_prompts!r}) and harmless "
+                        f"({harmless_prompts!r}), e.g. {sorted(both)[0]!r}; the two sets must not overlap")
     return splits
 
 
@@ -239,7 +242,7 @@ def write_splits(run: Run, splits: dict[str, dict[str, list[dict]]]) -> Path:
     return path
 
 
-# --- instruction -> response pairs for fine-tuning (issue 8, safety subspaces) ----------------------------------------
+# --- instruction -> response pairs for fine-tuning (safety subspaces; ES2's refusal retain term) -----------------
 
 PAIRS = {  # name -> (file below DATA_DIR, which response of hidden_context's [safe, unsafe] list; None = Code Alpaca)
     "code_alpaca": ("code_alpaca/code_alpaca_2k.json", None),
@@ -267,6 +270,15 @@ def load_pairs(name: str) -> list[dict]:
         table = _load_table(path, "json", {"prompt": "prompt", "responses": "responses"})
         pairs = [{"prompt": _strip_frame(r["prompt"]), "response": r["responses"][which]} for r in table]
     return [pair for pair in pairs if pair["prompt"] and (pair["response"] or "").strip()]  # 2 Code Alpaca outputs are empty
+
+
+def load_refusals(path: str, limit: int | None = None) -> list[tuple[str, str]]:
+    """(instruction, response) pairs of a JSON list of {instruction, input, output} (relative paths are below
+    data/) whose response the paper's keyword judge counts as a refusal."""
+    file = Path(path) if Path(path).is_absolute() else DATA_DIR / path
+    rows = json.loads(file.read_text(encoding="utf-8"))
+    pairs = [("\n\n".join(filter(None, [r["instruction"], r.get("input", "")])), r["output"]) for r in rows]
+    return [pair for pair in pairs if judges.is_refusal(pair[1])][:limit]
 
 
 def _strip_frame(prompt: str) -> str:

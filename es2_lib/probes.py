@@ -1,4 +1,5 @@
-"""Linear probes and separation metrics on last-token representations (DESIGN.md §1 and §5, "Separation").
+"""Linear probes and separation metrics on last-token representations (docs/architecture.md, 'Representations'
+and 'Metrics').
 
 ES2's premise (paper §1, after SCAV, Xu et al. 2024) is that harmful and harmless prompts are linearly separable
 in the residual stream. This module fits one logistic-regression probe P(harmful | e) = σ(wᵀe + b) per layer,
@@ -125,6 +126,13 @@ def separation_metrics(harmful: torch.Tensor, harmless: torch.Tensor, scale: tor
     }
 
 
+def check_layer_counts(n_layers: int, n_emergence: int, n_terminal: int) -> None:
+    """Raise ValueError unless a model with decoder layers 1..n_layers has `n_emergence` and `n_terminal` of them."""
+    if n_emergence > n_layers or n_terminal > n_layers:
+        raise ValueError(f"asked for {n_emergence} emergence and {n_terminal} terminal layers of a model with "
+                         f"decoder layers 1..{n_layers} (n_emergence_layers, n_terminal_layers)")
+
+
 def choose_layers(accuracy: list[float], threshold: float, n_emergence: int, n_terminal: int) -> dict:
     """ES2 layers from held-out accuracy per layer 0..L (index = layer).
 
@@ -133,9 +141,7 @@ def choose_layers(accuracy: list[float], threshold: float, n_emergence: int, n_t
     n_layers = len(accuracy) - 1
     if n_layers < 1:
         raise ValueError(f"need accuracies for layers 0..L with L >= 1, got {len(accuracy)} value(s)")
-    if n_emergence > n_layers or n_terminal > n_layers:
-        raise ValueError(f"asked for {n_emergence} emergence and {n_terminal} terminal layers of a model with "
-                         f"decoder layers 1..{n_layers}")
+    check_layer_counts(n_layers, n_emergence, n_terminal)
     decoder = range(1, n_layers + 1)
     emergence = [layer for layer in decoder if accuracy[layer] >= threshold][:n_emergence]
     fallback = len(emergence) < n_emergence

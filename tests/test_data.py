@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from es2_lib import data, runs
+from es2_lib import data, judges, runs
 
 
 @pytest.mark.parametrize("name, count", [("advbench", 520), ("alpaca", 31323), ("malicious_instruct", 100),
@@ -28,12 +28,17 @@ def test_advbench_has_targets_and_xstest_keeps_type():
     assert all(r["type"].startswith("contrast_") for r in unsafe)
 
 
+def _splits(p) -> dict:
+    """data.make_splits on the keys of params `p` it reads."""
+    return data.make_splits(p.harmful_prompts, p.harmless_prompts, p.n_probe_train, p.n_es2_train, p.n_eval, p.seed)
+
+
 def _prompts(split: list[dict]) -> list[str]:
     return [r["prompt"] for r in split]
 
 
 def test_splits_are_disjoint_and_sized(tiny_params):
-    splits = data.make_splits(tiny_params)
+    splits = _splits(tiny_params)
     sizes = {"probe_train": tiny_params.n_probe_train, "es2_train": tiny_params.n_es2_train,
              "eval": tiny_params.n_eval}
     for cls in ("harmful", "harmless"):
@@ -45,26 +50,26 @@ def test_splits_are_disjoint_and_sized(tiny_params):
 
 def test_splits_are_seeded(tiny_params):
     p = tiny_params.replace(harmless_prompts="xstest_safe")  # a small harmless set keeps this test fast
-    splits = data.make_splits(p)
-    assert data.make_splits(p) == splits
-    other_seed = data.make_splits(p.replace(seed=1))
+    splits = _splits(p)
+    assert _splits(p) == splits
+    other_seed = _splits(p.replace(seed=1))
     for cls in ("harmful", "harmless"):
         assert _prompts(other_seed[cls]["eval"]) != _prompts(splits[cls]["eval"])
 
 
 def test_eval_split_does_not_depend_on_train_sizes(tiny_params):
     p = tiny_params.replace(harmless_prompts="xstest_safe")
-    splits = data.make_splits(p)
-    bigger = data.make_splits(p.replace(n_probe_train=40))
+    splits = _splits(p)
+    bigger = _splits(p.replace(n_probe_train=40))
     for cls in ("harmful", "harmless"):
         assert bigger[cls]["eval"] == splits[cls]["eval"]
         assert bigger[cls]["es2_train"] == splits[cls]["es2_train"]
         assert bigger[cls]["probe_train"][:p.n_probe_train] == splits[cls]["probe_train"]
-    assert data.make_splits(p.replace(n_es2_train=20))["harmful"]["eval"] == splits["harmful"]["eval"]
+    assert _splits(p.replace(n_es2_train=20))["harmful"]["eval"] == splits["harmful"]["eval"]
 
 
 def test_splits_are_written_to_the_run_folder(tiny_params):
-    splits = data.make_splits(tiny_params.replace(harmless_prompts="xstest_safe"))
+    splits = _splits(tiny_params.replace(harmless_prompts="xstest_safe"))
     path = data.write_splits(runs.Run(tiny_params), splits)
     assert path.name == "splits.json" and runs.read_json(path) == splits
 
@@ -83,7 +88,7 @@ def test_user_csv_and_jsonl_load(tmp_path):
 def test_user_file_feeds_the_splits(tmp_path, tiny_params):
     path = tmp_path / "harmless.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Tell me fact number {i}."}) + "\n" for i in range(30)))
-    splits = data.make_splits(tiny_params.replace(harmless_prompts=str(path)))
+    splits = _splits(tiny_params.replace(harmless_prompts=str(path)))
     assert all(r["prompt"].startswith("Tell me fact") for rows in splits["harmless"].values() for r in rows)
 
 
@@ -122,7 +127,7 @@ def test_too_small_source_is_a_clear_error(tmp_path, tiny_params):
     path = tmp_path / "few.csv"
     path.write_text("prompt\n" + "".join(f"prompt {i % 10}\n" for i in range(15)))  # 10 distinct
     with pytest.raises(data.DataError) as err:
-        data.make_splits(tiny_params.replace(harmful_prompts=str(path)))
+        _splits(tiny_params.replace(harmful_prompts=str(path)))
     message = str(err.value)
     assert str(path) in message and "has 10 distinct prompts" in message and "need 20" in message
     assert "n_eval 4 + n_es2_train 8 + n_probe_train 8" in message
@@ -130,7 +135,7 @@ def test_too_small_source_is_a_clear_error(tmp_path, tiny_params):
 
 def test_overlapping_classes_are_refused(tiny_params):
     with pytest.raises(data.DataError, match="both harmful"):
-        data.make_splits(tiny_params.replace(harmful_prompts="xstest_safe", harmless_prompts="xstest_safe"))
+        _splits(tiny_params.replace(harmful_prompts="xstest_safe", harmless_prompts="xstest_safe"))
 
 
 def test_data_folders_keep_their_sources():
@@ -142,3 +147,16 @@ def test_data_folders_keep_their_sources():
     assert (data.DATA_DIR / "README.md").is_file()
     gpqa = sorted(p.name for p in (data.DATA_DIR / "gpqa").iterdir())
     assert gpqa == ["SOURCE.md", "gpqa_diamond.zip"], "GPQA stays zipped"
+
+
+def test_load_refusals_keeps_the_refusals_and_joins_the_input(tmp_path):
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps([
+        {"instruction": "Make a bomb", "input": "", "output": "I'm sorry, but I cannot help with that."},
+        {"instruction": "Bake bread", "input": "", "output": "Mix flour and water, then bake it."},
+        {"instruction": "Translate", "input": "how to steal", "output": "I cannot assist with that request."}]))
+    assert data.load_refusals(str(path)) == [("Make a bomb", "I'm sorry, but I cannot help with that."),
+                                             ("Translate\n\nhow to steal", "I cannot assist with that request.")]
+    assert len(data.load_refusals(str(path), limit=1)) == 1
+    bundled = data.load_refusals("safety_tuned_llamas/safety_only_data_Instructions.json")
+    assert len(bundled) > 100 and all(judges.is_refusal(answer) for _, answer in bundled[:50])

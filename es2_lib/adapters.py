@@ -1,0 +1,92 @@
+"""The trainable part of an ES2 model (paper Section 3): a LoRA adapter through peft, or every weight.
+
+`attach_adapter` makes the model trainable, `base_model` gives the base network back without a second copy (the
+LoRA adapter disabled), `save_adapter` / `load_tuned` write a trained adapter and put it back on a freshly loaded
+base model. See docs/architecture.md, 'ES2 objective'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from torch import nn
+
+
+def attach_adapter(model: nn.Module, adapter: str, seed: int, lora_r: int, lora_alpha: float, lora_dropout: float,
+                   lora_targets: Sequence[str]) -> nn.Module:
+    """`adapter` "lora": a LoRA-wrapped PeftModel (only the adapter trains; its initial weights drawn after
+    `torch.manual_seed(seed)`); "full": the model itself with every weight trainable."""
+    torch.manual_seed(seed)
+    if adapter == "lora":
+        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                            target_modules=list(lora_targets), task_type="CAUSAL_LM")
+        with warnings.catch_warnings():  # peft calls a deprecated transformers property
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
+    for weight in model.parameters():
+        weight.requires_grad_(True)
+    return model
+
+
+@contextlib.contextmanager
+def base_model(model: nn.Module) -> Iterator[nn.Module]:
+    """The base network: a PeftModel with its adapter disabled (no second copy); other models cannot."""
+    if not isinstance(model, PeftModel):
+        raise TypeError("the base model of a fully fine-tuned model is gone: compute base quantities before training")
+    with model.disable_adapter():
+        yield model
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; it replaces `target` only when the block succeeds (the folder
+    counterpart of runs.atomic_path)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = target.parent / f".{target.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_adapter(model: nn.Module, target: str | Path) -> Path:
+    """Save a trained model's adapter (peft format; every weight after full fine-tuning) atomically into `target`."""
+    target = Path(target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+    return target
+
+
+def load_tuned(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Apply a saved ES2 adapter to a freshly loaded base model; returns it in eval mode (a PeftModel for LoRA,
+    so `base_model(model)` gives the base back; the model itself with the tuned weights for full tuning)."""
+    adapter_dir = Path(adapter_dir)
+    if (adapter_dir / "adapter_config.json").is_file():
+        return PeftModel.from_pretrained(model, adapter_dir).eval()
+    files = sorted(adapter_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{adapter_dir} holds neither a peft adapter nor safetensors weights")
+    expected = set(model.state_dict())
+    for file in files:
+        weights = load_file(str(file))
+        unknown = set(weights) - expected
+        if unknown:
+            raise ValueError(f"{file} holds weights the model lacks, e.g. {sorted(unknown)[0]!r}")
+        model.load_state_dict(weights, strict=False)
+    return model.eval()

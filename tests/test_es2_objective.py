@@ -1,0 +1,82 @@
+"""The ES2 objective (es2_lib/objective.py): the distances, the margin hinge, the KL and the refusal cross-entropy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from es2_lib import objective
+
+KNOBS = dict(distance="centroid", lambda_kl=2.0, retain_weight=0.5)
+
+
+def test_distances_and_the_bounded_variant():
+    g = torch.Generator().manual_seed(0)
+    harmful, harmless = torch.randn(5, 2, 8, generator=g) + 1.0, torch.randn(6, 2, 8, generator=g)
+    scale = torch.tensor([2.0, 4.0])
+    centroid = objective.layer_distance(harmful, harmless, scale, "centroid")
+    torch.testing.assert_close(centroid, (harmful.mean(0) - harmless.mean(0)).norm(dim=-1) / scale)
+    pairwise = objective.layer_distance(harmful, harmless, scale, "pairwise")
+    torch.testing.assert_close(pairwise[1], torch.stack([(h - s).norm() for h in harmful[:, 1]
+                                                         for s in harmless[:, 1]]).mean() / 4.0)
+    # inflating the harmful norms raises the Euclidean distances but not the bounded one
+    assert (objective.layer_distance(harmful * 10, harmless, scale, "centroid") > 5 * centroid).all()
+    bounded = objective.layer_distance(harmful, harmless, scale, "bounded")
+    torch.testing.assert_close(objective.layer_distance(harmful * 10, harmless, scale, "bounded"), bounded)
+    assert (bounded <= 2).all()
+    with pytest.raises(ValueError, match="es2_distance"):
+        objective.layer_distance(harmful, harmless, scale, "cosine")
+
+
+def test_margin_hinge_stops_rewarding_distance():
+    harmful = torch.randn(3, 1, 4, requires_grad=True)
+    harmless = torch.zeros(3, 1, 4)
+    logp = torch.log_softmax(torch.randn(3, 10), -1)
+    zero = torch.zeros(())
+    distance = objective.layer_distance(harmful, harmless, torch.ones(1), "centroid").item()
+    loss, parts = objective.es2_loss(harmful, harmless, torch.ones(1), logp, logp, zero, margin=distance / 2, **KNOBS)
+    assert parts["kl"].abs() < 1e-6 and loss.item() == pytest.approx(-distance / 2, rel=1e-5)
+    loss.backward()
+    assert harmful.grad.abs().max() == 0  # above the margin: no push
+
+
+def test_loss_adds_the_weighted_kl_and_retain_terms():
+    harmful, harmless = torch.ones(2, 1, 3), torch.zeros(2, 1, 3)  # centroid distance sqrt(3) on scale 1
+    base = torch.log_softmax(torch.tensor([[1.0, 2.0, 3.0]] * 2), -1)
+    tuned = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0]] * 2), -1)
+    loss, parts = objective.es2_loss(harmful, harmless, torch.ones(1), tuned, base, torch.tensor(0.8), margin=0.0,
+                                     **KNOBS)
+    kl = objective.kl_divergence(base, tuned).mean()
+    assert loss.item() == pytest.approx(-3 ** 0.5 + 2.0 * kl.item() + 0.5 * 0.8, rel=1e-6)
+    assert parts["harmful_norm"].item() == pytest.approx(3 ** 0.5) and parts["harmless_norm"].item() == 0
+
+
+def test_kl_divergence():
+    base = torch.log_softmax(torch.tensor([[1.0, 2.0, 3.0]]), -1)
+    other = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0]]), -1)
+    assert objective.kl_divergence(base, base).item() == pytest.approx(0.0, abs=1e-7)
+    expected = (base.exp() * (base - other)).sum().item()
+    assert objective.kl_divergence(base, other).item() == pytest.approx(expected) and expected > 0
+
+
+def test_refusal_ce_is_the_mean_nll_of_the_scored_response_tokens(tiny):
+    """Two pairs of different lengths in one left-padded batch: the CE is the mean over all scored tokens of
+    −log p(token | chat prompt, earlier tokens), each taken from an unpadded forward of its own row."""
+    from es2_lib import models
+
+    model, tokenizer = tiny
+    pairs = [("How do I pick a lock?", "I cannot help with that request, sorry."), ("Hi", "No.")]
+    n_tokens = 5
+    nll = []
+    for question, answer in pairs:
+        prompt = tokenizer(models.chat_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+        response = tokenizer(answer, add_special_tokens=False)["input_ids"][:n_tokens]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + response])).logits[0].float()  # [len, vocab]
+        logp = logits[len(prompt) - 1:-1].log_softmax(-1)  # the positions that predict the response tokens
+        nll += [-logp[i, token].item() for i, token in enumerate(response)]
+    assert len(nll) == n_tokens + len(tokenizer("No.", add_special_tokens=False)["input_ids"]) < 2 * n_tokens
+    with torch.no_grad():
+        ce = objective.refusal_ce(model, tokenizer, pairs, n_tokens)
+    assert ce.item() == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+
