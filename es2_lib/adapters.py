@@ -8,7 +8,6 @@ base model. See docs/architecture.md, 'ES2 objective'.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -17,6 +16,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
+
+from . import runs
 
 
 def attach_adapter(model: nn.Module, adapter: str, seed: int, lora_r: int, lora_alpha: float, lora_dropout: float,
@@ -44,31 +45,10 @@ def base_model(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-@contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; it replaces `target` only when the block succeeds (the folder
-    counterpart of runs.atomic_path)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = target.parent / f".{target.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_adapter(model: nn.Module, target: str | Path) -> Path:
     """Save a trained model's adapter (peft format; every weight after full fine-tuning) atomically into `target`."""
     target = Path(target)
-    with atomic_dir(target) as tmp:
+    with runs.atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
     return target
 

@@ -15,7 +15,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from . import batching
-from .es2 import base_model, kl_divergence
+from .adapters import base_model
+from .objective import kl_divergence
 from .models import chat_prompt
 from .progress import progress as progress_bar
 from .stats import mean_ci
@@ -23,7 +24,7 @@ from .stats import mean_ci
 
 def base_view(tuned: nn.Module, base: nn.Module | None = None) -> ContextManager[nn.Module]:
     """The base model: `base` when given (full fine-tuning leaves no base inside the tuned model, so the caller
-    keeps a second copy), else `tuned` with its LoRA adapter disabled (es2.base_model; no second copy)."""
+    keeps a second copy), else `tuned` with its LoRA adapter disabled (adapters.base_model; no second copy)."""
     return contextlib.nullcontext(base) if base is not None else base_model(tuned)
 
 

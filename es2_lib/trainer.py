@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from . import adapters, data, hooks, probes, representations
+from . import adapters, data, hooks, probes, representations, runs
 from .objective import es2_loss, kl_divergence, refusal_ce
 from .progress import progress as progress_bar
 from .separation import states_and_logprobs
@@ -193,7 +193,7 @@ class ES2Trainer:
         if self.checkpoint_dir is None:
             return None
         target = self.checkpoint_dir / f"step-{self.step:06d}"
-        with adapters.atomic_dir(target) as tmp:
+        with runs.atomic_dir(target) as tmp:
             save_file({n: w.detach().contiguous().cpu() for n, w in self.trainable.items()}, str(tmp / "weights.safetensors"))
             save_file({n: w.contiguous().cpu() for n, w in self.previous.items()}, str(tmp / "previous.safetensors"))
             torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),

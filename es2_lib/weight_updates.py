@@ -16,7 +16,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from torch import nn
 
-from . import es2, models
+from . import adapters, models
 
 Factored = tuple[torch.Tensor, torch.Tensor]  # (left [out, r], right [r, in]): the matrix left @ right
 Delta = Factored | torch.Tensor  # a decoder matrix's change, factored; any other parameter's change, dense
@@ -78,7 +78,7 @@ def saved_update(model: nn.Module, adapter_dir: str | Path) -> Update:
     `model`: LoRA layers are injected, read and removed again; full weights are compared with the model's."""
     adapter_dir = Path(adapter_dir)
     if (adapter_dir / "adapter_config.json").is_file():
-        tuned = es2.load_tuned(model, adapter_dir)
+        tuned = adapters.load_tuned(model, adapter_dir)
         try:
             return lora_update(tuned)
         finally:

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from es2_lib import data, fine_tuning, mso, subspace_projection, weight_updates
+from es2_lib import adapters, data, fine_tuning, mso, subspace_projection, weight_updates
 from es2_lib.plots import subspaces as subspace_plots
 from es2_lib.weight_updates import dense
 
@@ -140,8 +140,8 @@ def test_fine_tune_returns_a_lora_update_and_leaves_the_model_unchanged(tiny, ti
     before = {n: w.detach().clone() for n, w in model.named_parameters()}
     pairs = [{"prompt": f"Write a function number {i}.", "response": f"def f{i}():\n    return {i}"} for i in range(6)]
     p = tiny_params.replace(lora_targets=["q_proj", "v_proj"])
-    from es2_lib import es2
-    attach = lambda m: es2.attach_adapter(m, p)
+    attach = lambda m: adapters.attach_adapter(m, p.es2_adapter, p.seed, p.lora_r, p.lora_alpha, p.lora_dropout,
+                                               p.lora_targets)
     update, log = fine_tuning.fine_tune(model, tokenizer, pairs, attach, steps=3, lr=1e-2, batch_size=2,
                                         response_tokens=8, seed=p.seed)
     assert len(log) == 3 and all(math.isfinite(r["loss"]) for r in log)
