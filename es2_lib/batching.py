@@ -1,0 +1,80 @@
+"""The one batcher and the one prompt + target helper: length-sorted index batches, left padding, and
+teacher-forced logits computed only at the positions that are scored (docs/architecture.md, "Speed").
+
+Every teacher-forced score of the library (response perplexity, the refusal cross-entropy of ES2's retain term,
+multiple-choice letters, harmless drift, soft prompts, fine-tuning losses) is built from these: the prompt and its
+target are concatenated per row and padded on the left, so each row's target ends at the last position; the
+decoder runs without the lm_head, which is applied to the scored positions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import models
+from .hooks import position_ids
+
+IGNORE = -100  # target id of a position that is not scored (F.cross_entropy's ignore_index)
+
+
+def length_sorted(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (memory errors show at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded on the left to one width: (input_ids, attention_mask), both [batch, width]."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(row)) + list(row) for row in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+    return input_ids, mask
+
+
+@dataclass
+class TargetBatch:
+    """Prompt + target rows, left-padded; `targets` [batch, n] holds each row's target right-aligned, IGNORE to
+    its left when it is shorter than the longest (n)."""
+
+    input_ids: torch.Tensor  # [batch, width]
+    attention_mask: torch.Tensor  # [batch, width]
+    targets: torch.Tensor  # [batch, n]
+
+
+def prompt_target_batch(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], pad_id: int,
+                        device: torch.device | str) -> TargetBatch:
+    """One batch of token rows prompt + target (each target non-empty)."""
+    if any(not target for target in targets):
+        raise ValueError("prompt_target_batch needs a non-empty target in every row")
+    input_ids, mask = left_pad([list(p) + list(t) for p, t in zip(prompts, targets, strict=True)], pad_id, device)
+    n = max(len(t) for t in targets)
+    scored = torch.tensor([[IGNORE] * (n - len(t)) + list(t) for t in targets], device=device)
+    return TargetBatch(input_ids, mask, scored)
+
+
+def tail_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int,
+                shift: int = 0) -> torch.Tensor:
+    """float32 logits [batch, k, vocab] at positions [-k - shift, -shift) of a left-padded batch: shift=1 gives
+    the positions that predict the last k tokens, shift=0 the next-token distributions at the last k positions.
+    The lm_head runs on those positions only."""
+    decoder, head = models.decoder_and_head(model)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                     use_cache=False).last_hidden_state  # [batch, width, hidden]
+    end = hidden.shape[1] - shift
+    return head(hidden[:, end - k:end]).float()
+
+
+def target_logits(model: nn.Module, batch: TargetBatch) -> torch.Tensor:
+    """float32 logits [batch, n, vocab] at the positions that predict each target token."""
+    return tail_logits(model, batch.input_ids, batch.attention_mask, batch.targets.shape[1], shift=1)
+
+
+def target_nll(model: nn.Module, batch: TargetBatch) -> torch.Tensor:
+    """Per-token negative log-likelihood [batch, n] of the targets (0 at IGNORE positions)."""
+    logits = target_logits(model, batch)
+    return F.cross_entropy(logits.transpose(1, 2), batch.targets, ignore_index=IGNORE, reduction="none")
