@@ -140,3 +140,19 @@ def search_summary(extra: dict) -> dict:
     return {"success_rate": len(steps) / len(losses), "steps_to_success_median": float(torch.tensor(steps).median())
             if steps else None, "steps_to_success": extra["success_step"], "final_loss_mean": sum(losses) / len(losses),
             "final_loss": losses, "steps_run": extra["steps"]}
+
+
+def with_targets(rows: list[dict]) -> list[dict]:
+    """`rows` {"prompt", "target"}, checked: a prompt attack optimises toward each row's own target."""
+    missing = [row["prompt"] for row in rows if "target" not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} attacked prompts have no target (AdvBench rows have one), e.g. {missing[0]!r}")
+    return rows
+
+
+def attack_prompt_rows(model_name: str, outcomes: list[Outcome], rows: list[dict]) -> list[dict]:
+    """The adversarial prompt each search found, one row per (prompt attack, attacked row), for attack_prompts.jsonl
+    (later stages reuse them): {model, attack, prompt, target, attack_prompt, success_step, final_loss}."""
+    return [{"model": model_name, "attack": o.attack, "prompt": row["prompt"], "target": row["target"],
+             **{key: o.extra[key][i] for key in ("attack_prompt", "success_step", "final_loss")}}
+            for o in outcomes if o.extra for i, row in enumerate(rows)]
