@@ -103,7 +103,7 @@ def test_filtered_candidates_keep_the_suffix_length_in_tokens(tiny):
     _, tokenizer = tiny
     search = _search(tiny)
     bang = prompt_search.encode(tokenizer, "!")
-    assert len(bang) == 1 and len(prompt_search.encode(tokenizer, " !!")) == 1  # " !" then "!" re-tokenises as one token
+    assert len(bang) == 1 and len(prompt_search.encode(tokenizer, " !!")) == 1  # " !" + "!" re-tokenise as one
     merging = search.suffix.clone()
     merging[1] = bang[0]
     candidates = torch.cat([search._sample(search.grad), merging[None]])

@@ -41,7 +41,8 @@ def test_base_perplexity_is_the_perplexity_with_the_adapter_disabled(lively):
     prompts, responses = ["Say hi", "Name a colour"], ["Hello there friend", "Blue, like the sea"]
     plain = evaluate.response_perplexity(model, tokenizer, prompts, responses)
     assert evaluate.base_perplexity(model, tokenizer, prompts, responses) is None  # no adapter: no base to go back to
-    tuned = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # B != 0: it matters
+    tuned = peft.get_peft_model(model, lora)
     assert evaluate.base_perplexity(tuned, tokenizer, prompts, responses) == plain
     assert evaluate.response_perplexity(tuned, tokenizer, prompts, responses) != plain
 

@@ -52,7 +52,8 @@ class GCGBudget:
     def record(self, screened: bool) -> dict:
         """The budget as results.json records it (the screening keys only when a screening copy ran)."""
         record = {"steps": self.steps, "topk": self.topk, "search_width": self.search_width,
-                  "suffix_tokens": self.suffix_tokens, "check_every": self.check_every, "check_tokens": self.check_tokens}
+                  "suffix_tokens": self.suffix_tokens, "check_every": self.check_every,
+                  "check_tokens": self.check_tokens}
         return record | {"screen_dtype": self.screen_dtype, "screen_margin": self.screen_margin} if screened else record
 
 

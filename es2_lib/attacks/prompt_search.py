@@ -146,7 +146,8 @@ def with_targets(rows: list[dict]) -> list[dict]:
     """`rows` {"prompt", "target"}, checked: a prompt attack optimises toward each row's own target."""
     missing = [row["prompt"] for row in rows if "target" not in row]
     if missing:
-        raise ValueError(f"{len(missing)} attacked prompts have no target (AdvBench rows have one), e.g. {missing[0]!r}")
+        raise ValueError(f"{len(missing)} attacked prompts have no target (AdvBench rows have one), e.g. "
+                         f"{missing[0]!r}")
     return rows
 
 

@@ -1,5 +1,5 @@
-"""RepE attack (Zou et al. 2023, "Representation Engineering"; docs/architecture.md, "Attacks"): steer the model away from refusing by
-adding a multiple of its own harmfulness direction to the residual stream while it answers.
+"""RepE attack (Zou et al. 2023, "Representation Engineering"; docs/architecture.md, "Attacks"): steer the model away
+from refusing by adding a multiple of its own harmfulness direction to the residual stream while it answers.
 
 Direction: per layer, the first principal component of the differences between paired harmful and harmless
 last-token states. RepE takes the PCA of differences whose pair order is flipped at random, which centres them;

@@ -1,5 +1,6 @@
 """SCAV attack (Xu et al. 2024, "Uncovering Safety Risks of Large Language Models through Concept Activation Vector";
-docs/architecture.md, "Attacks"): move the last-token state across the model's own linear harmfulness probes at every layer.
+docs/architecture.md, "Attacks"): move the last-token state across the model's own linear harmfulness probes at every
+layer.
 
 Per layer l a logistic probe P(harmful | e) = σ(wᵀe + b) is fitted on the model under attack (probes.py; on the
 ES2 model it is fitted again, so the attack adapts). At every layer whose held-out probe accuracy exceeds P1 and

@@ -1,13 +1,14 @@
 """Soft-prompt attack (Schwinn et al. 2024, "Soft Prompt Threats: Attacking Safety Alignment and Unlearning in
-Open-Source LLMs through the Embedding Space"; docs/architecture.md, "Attacks"): optimise free control-token embeddings placed after
-the instruction so that the model starts its answer with an affirmative target ("Sure, here is ...").
+Open-Source LLMs through the Embedding Space"; docs/architecture.md, "Attacks"): optimise free control-token
+embeddings placed after the instruction so that the model starts its answer with an affirmative target ("Sure,
+here is ...").
 
 Per prompt, `n` control embeddings (initialised as the embedding of "!", like GCG's suffix) sit between the
 user's instruction and the rest of the chat template. They follow signed gradient descent on the cross-entropy
 of the target tokens, c ← c − α·sign(∇c CE), and a prompt stops once its target is reproduced by greedy decoding
 (teacher-forced argmax equals every target token, which is the same condition). For speed (docs/architecture.md,
-"Speed") the prompts are optimised in batches, the fixed prefix (template + instruction) is encoded once and reused as a KV
-cache, and the lm_head runs only at the target positions. The perturbation is the L2 drift of the control
+"Speed") the prompts are optimised in batches, the fixed prefix (template + instruction) is encoded once and reused
+as a KV cache, and the lm_head runs only at the target positions. The perturbation is the L2 drift of the control
 embeddings from their initial value.
 """
 
@@ -79,7 +80,8 @@ def _optimize_batch(
     parts = [split_chat(tokenizer, p) for p in prompts]
     target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
     prefix, prefix_mask = left_pad([pre for pre, _ in parts], tokenizer.pad_token_id, device)  # [b, P]
-    tail, tail_mask = _right_pad([suf + tgt for (_, suf), tgt in zip(parts, target_ids)], tokenizer.pad_token_id, device)
+    tail, tail_mask = _right_pad([suf + tgt for (_, suf), tgt in zip(parts, target_ids)], tokenizer.pad_token_id,
+                                 device)  # [b, suffix + T]
     target, target_mask = _right_pad(target_ids, tokenizer.pad_token_id, device)  # [b, T]
     # the hidden state at full-rest position n + len(suffix) - 1 + j predicts target token j
     target_pos = torch.tensor([[n_ctrl + len(suf) - 1 + j for j in range(target.shape[1])] for _, suf in parts],
