@@ -62,11 +62,25 @@ def tail_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     """float32 logits [batch, k, vocab] at positions [-k - shift, -shift) of a left-padded batch: shift=1 gives
     the positions that predict the last k tokens, shift=0 the next-token distributions at the last k positions.
     The lm_head runs on those positions only."""
-    decoder, head = models.decoder_and_head(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                     use_cache=False).last_hidden_state  # [batch, width, hidden]
+    hidden, head = _decoded(model, input_ids, attention_mask)
     end = hidden.shape[1] - shift
     return head(hidden[:, end - k:end]).float()
+
+
+def last_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """float32 next-token logits [batch, vocab] at the last position of a left-padded batch (the lm_head on a
+    [batch, hidden] view: bit-identical to `hooks.run_with_cache_and_logprobs`, unlike tail_logits(k=1), whose
+    [batch, 1, hidden] slice can take another matmul kernel)."""
+    hidden, head = _decoded(model, input_ids, attention_mask)
+    return head(hidden[:, -1]).float()
+
+
+def _decoded(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """The decoder's final hidden states [batch, width, hidden] (after the final norm, no lm_head) and the head."""
+    decoder, head = models.decoder_and_head(model)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                     use_cache=False).last_hidden_state
+    return hidden, head
 
 
 def target_logits(model: nn.Module, batch: TargetBatch) -> torch.Tensor:

@@ -94,8 +94,6 @@ class AttackEntry:
 
 def write_attack_results(path: Path, entries: list[AttackEntry], **meta: Any) -> None:
     """Write `{"entries": [...], **meta}` atomically."""
-    if "entries" in meta:
-        raise ValueError("meta must not hold a key 'entries'")
     runs.write_json(path, {"entries": [e.to_dict() for e in entries], **meta})
 
 

@@ -1,0 +1,48 @@
+"""Bootstrap intervals of rates, means and paired differences: degenerate cases, width, seeds, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from es2_lib import stats
+
+
+def test_rate_ci_degenerate_and_empty():
+    assert stats.rate_ci([True] * 30) == {"value": 1.0, "low": 1.0, "high": 1.0, "n": 30}
+    assert stats.rate_ci([False] * 7)["high"] == 0.0
+    with pytest.raises(ValueError):
+        stats.rate_ci([])
+    with pytest.raises(ValueError):
+        stats.rate_ci([True], confidence=1.0)
+
+
+def test_rate_ci_half():
+    flags = [True, False] * 50  # n = 100, p = 0.5: the normal interval is 0.5 +- 0.098
+    ci = stats.rate_ci(flags, samples=2000, seed=3)
+    assert ci["value"] == 0.5 and ci["n"] == 100
+    assert 0.14 < ci["high"] - ci["low"] < 0.26
+    assert stats.rate_ci(flags, samples=2000, seed=3) == ci
+    assert stats.rate_ci(flags, samples=2000, seed=4) != ci
+    narrow = stats.rate_ci(flags, samples=2000, confidence=0.5, seed=3)
+    assert ci["low"] < narrow["low"] and narrow["high"] < ci["high"]
+
+
+def test_mean_ci_covers_the_mean_and_narrows_with_n():
+    small = stats.mean_ci([0.0, 1.0, 2.0, 3.0], samples=2000)
+    large = stats.mean_ci([0.0, 1.0, 2.0, 3.0] * 25, samples=2000)
+    assert small["value"] == large["value"] == 1.5 and large["n"] == 100
+    assert small["low"] < 1.5 < small["high"]
+    assert large["high"] - large["low"] < (small["high"] - small["low"]) / 3
+    with pytest.raises(ValueError):
+        stats.mean_ci([])
+
+
+def test_paired_difference_counts_gains_and_losses():
+    base = [True] * 20 + [False] * 20
+    same = stats.paired_difference(base, base, samples=500)
+    assert same == {"value": 0.0, "low": 0.0, "high": 0.0, "n": 40, "gained": 0, "lost": 0}
+    worse = stats.paired_difference(base, [False] * 10 + base[10:], samples=500)
+    assert worse["value"] == -0.25 and worse["lost"] == 10 and worse["gained"] == 0
+    assert worse["low"] < -0.25 < worse["high"] < 0
+    with pytest.raises(ValueError):
+        stats.paired_difference([True], [True, False])
