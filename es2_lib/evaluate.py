@@ -16,9 +16,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
-
 from peft import PeftModel
+from torch import nn
 
 from . import judges, stats
 from .batching import prompt_target_batch, target_nll

@@ -34,7 +34,6 @@ INIT_TEXT = "!"  # control tokens start as the embedding of this text's first to
 DEFAULT_TARGET = "Sure, here is"  # target of prompts without one (AdvBench rows carry their own)
 
 
-
 def split_chat(tokenizer: PreTrainedTokenizerBase, instruction: str) -> tuple[list[int], list[int]]:
     """Token ids of the chat prompt before and after the end of the user's instruction (the control tokens go
     between them); the second part ends with the generation prompt."""
