@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from es2_lib import data, models  # noqa: E402
-from es2_lib.attacks import gcg  # noqa: E402
+from es2_lib.attacks import gcg, prompt_search  # noqa: E402
 
 LOSS_TOLERANCE = 1e-2  # |nanoGCG's best loss - our score of its best suffix| above this voids the comparison
 MODES = {"prefix-cache": (True, None), "no-prefix-cache": (False, None),  # nanoGCG runs: use_prefix_cache, and
@@ -145,7 +145,7 @@ def run_nanogcg(args, model_dir: Path, chat_template: str, prompt: str, target: 
 
 def rescore(search: gcg.GCG, tokenizer, suffix: str) -> float | None:
     """Our exact target CE of another suffix string on the same prompt (None if it is not the same length)."""
-    ids = gcg.encode(tokenizer, suffix, search.suffix.device)
+    ids = prompt_search.encode(tokenizer, suffix, search.suffix.device)
     if len(ids) != len(search.suffix):
         return None
     return search._gradient(ids)[0]

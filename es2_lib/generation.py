@@ -1,6 +1,7 @@
-"""Batched greedy generation of responses, the input to every refusal and coherence metric (DESIGN.md §5, §7).
+"""Batched greedy generation of responses, the input to every refusal and coherence metric (docs/architecture.md,
+"Metrics" and "Speed").
 
-Prompts are sorted by token length so each left-padded batch wastes little padding (DESIGN.md §7), generated
+Prompts are batched by token length (batching.length_sorted) so each left-padded batch wastes little padding, generated
 greedily, decoded without the prompt and special tokens, and returned in the caller's order. Works on plain
 and peft-wrapped causal language models. Optionally samples several responses per prompt at a temperature (for
 SRR's candidate lists), running each prompt's forward once and sharing its KV cache among the samples.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from es2_lib.batching import length_sorted
+from es2_lib.hooks import position_ids
 from es2_lib.models import chat_prompt, decoder_and_head
 from es2_lib.progress import progress as progress_bar
 
@@ -46,8 +49,7 @@ def generate(
         raise ValueError("generate needs a left-padded tokenizer (models.load_model returns one)")
     texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=not chat)["input_ids"]] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory errors show at once
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = length_sorted(lengths, batch_size)  # longest first: memory errors show at once
     responses: list[str] = [""] * (len(texts) * n)
     logprobs: list[list[float]] = [[] for _ in responses]
     special = torch.tensor(tokenizer.all_special_ids, device=model.device)
@@ -75,13 +77,13 @@ def generate(
 
 
 def _shared_prefix(model: PreTrainedModel, enc, n: int) -> dict:
-    """Inputs for `n` samples per prompt that run the prompt's forward once (DESIGN.md §7): all but the last prompt
+    """Inputs for `n` samples per prompt that run the prompt's forward once: all but the last prompt
     token go through the model once, their KV cache is repeated n times, and generate continues from there."""
     ids, mask = enc["input_ids"], enc["attention_mask"]  # [batch, width], left-padded
     prefix_mask = mask[:, :-1]
     decoder, _ = decoder_and_head(model)  # no lm_head: only the cache is needed
     cache = decoder(input_ids=ids[:, :-1], attention_mask=prefix_mask, use_cache=True,
-                    position_ids=(prefix_mask.long().cumsum(-1) - 1).clamp(min=0)).past_key_values
+                    position_ids=position_ids(prefix_mask)).past_key_values
     cache.batch_repeat_interleave(n)
     return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
             "past_key_values": cache}

@@ -1,5 +1,6 @@
 import math
 
+import peft
 import pytest
 import torch
 
@@ -31,6 +32,19 @@ def test_response_perplexity_matches_full_forward(tiny):
             logits = model(ids).logits[0, len(p_ids) - 1:-1]
         nll = torch.nn.functional.cross_entropy(logits, torch.tensor(r_ids))
         assert ppl == pytest.approx(math.exp(nll.item()), rel=1e-4)
+        alone = evaluate.response_perplexity(model, tokenizer, [prompt], [response])[0]
+        assert ppl == pytest.approx(alone, rel=1e-5)  # padding shifts no position
+
+
+def test_base_perplexity_is_the_perplexity_with_the_adapter_disabled(lively):
+    model, tokenizer = lively
+    prompts, responses = ["Say hi", "Name a colour"], ["Hello there friend", "Blue, like the sea"]
+    plain = evaluate.response_perplexity(model, tokenizer, prompts, responses)
+    assert evaluate.base_perplexity(model, tokenizer, prompts, responses) is None  # no adapter: no base to go back to
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # B != 0: it matters
+    tuned = peft.get_peft_model(model, lora)
+    assert evaluate.base_perplexity(tuned, tokenizer, prompts, responses) == plain
+    assert evaluate.response_perplexity(tuned, tokenizer, prompts, responses) != plain
 
 
 def test_empty_response_has_nan_perplexity(tiny):

@@ -1,4 +1,4 @@
-"""Keyword refusal judges and the bootstrap interval of their rates (es2_lib/judges.py)."""
+"""Keyword refusal judges (es2_lib/judges.py); their rates' intervals are tested with stats.rate_ci."""
 
 from __future__ import annotations
 
@@ -48,29 +48,3 @@ def test_unknown_judge():
     with pytest.raises(ValueError, match="valid judges"):
         judges.refusals([], "llm")
 
-
-def test_rate_ci_degenerate_and_empty():
-    assert judges.rate_ci([True] * 30) == {"value": 1.0, "low": 1.0, "high": 1.0, "n": 30}
-    assert judges.rate_ci([False] * 7)["high"] == 0.0
-    with pytest.raises(ValueError):
-        judges.rate_ci([])
-    with pytest.raises(ValueError):
-        judges.rate_ci([True], confidence=1.0)
-
-
-def test_rate_ci_half():
-    flags = [True, False] * 50  # n = 100, p = 0.5: the normal interval is 0.5 +- 0.098
-    ci = judges.rate_ci(flags, samples=2000, seed=3)
-    assert ci["value"] == 0.5 and ci["n"] == 100
-    assert ci["low"] < 0.5 < ci["high"]
-    assert 0.14 < ci["high"] - ci["low"] < 0.26
-    assert judges.rate_ci(flags, samples=2000, seed=3) == ci
-    assert judges.rate_ci(flags, samples=2000, seed=4) != ci
-    narrow = judges.rate_ci(flags, samples=2000, confidence=0.5, seed=3)
-    assert ci["low"] < narrow["low"] and narrow["high"] < ci["high"]
-
-
-def test_dsr():
-    out = judges.dsr([REFUSAL, COMPLIANT, REFUSAL, ""], judge="jailbreakbench", samples=200)
-    assert out["judge"] == "jailbreakbench" and out["value"] == 0.5 and out["n"] == 4
-    assert 0.0 <= out["low"] <= 0.5 <= out["high"] <= 1.0

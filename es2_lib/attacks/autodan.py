@@ -1,9 +1,11 @@
-"""AutoDAN-HGA: a hierarchical genetic search over jailbreak templates (Liu et al. 2023, §3; DESIGN.md §6).
+"""AutoDAN-HGA: a hierarchical genetic search over jailbreak templates (Liu et al. 2023, §3; docs/architecture.md,
+"Attacks").
 
 The population starts from AutoDAN's initial prompt (data/autodan), diversified by mutation; a template's
 "[REPLACE]" slot is filled with the lower-cased behaviour to make the user message, as in AutoDAN's code. A
 template's fitness is the target cross-entropy of its message (`gcg.target_losses`, the one scoring function
-of the prompt attacks: batched, the fixed chat prefix cached, the head only at the target positions). Each
+of the prompt attacks, in prompt_search.py: batched, the fixed chat prefix cached, the head only at the target
+positions). Each
 generation keeps the elites; every `crossover_every` generations the rest come from roulette selection and
 sentence-level multi-point crossover (the paragraph level of the hierarchy), in the other generations from
 word-level replacement guided by a momentum word dictionary (the word level); then a share is mutated.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -27,10 +28,10 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data import DATA_DIR
 from ..judges import is_refusal
-from ..params import Params
 from ..progress import progress
-from . import Outcome
-from .gcg import AttackResult, chat_around, encode, outcome, prefix_kv, respond, target_losses
+from .budgets import AutoDANBudget
+from .common import Outcome, timed
+from .prompt_search import AttackResult, chat_around, encode, outcome, prefix_kv, respond, target_losses
 
 PLACEHOLDER = "[REPLACE]"
 INITIAL_PROMPT = DATA_DIR / "autodan" / "autodan_initial_prompt.txt"
@@ -272,15 +273,15 @@ def run_autodan(model: nn.Module, tokenizer: PreTrainedTokenizerBase, instructio
     return result
 
 
-def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], p: Params) -> Outcome:
-    """AutoDAN-HGA on each harmful row {"prompt", "target"} with the budget of `p`, and the responses it obtains."""
-    start = time.perf_counter()
-    results = [run_autodan(model, tokenizer, row["prompt"], row["target"], p.autodan_steps, p.autodan_population,
-                           p.autodan_elite_frac, p.autodan_crossover, p.autodan_mutation, p.autodan_crossover_every,
-                           p.autodan_check_every, p.attack_check_tokens, p.batch_size, p.seed + i)
-               for i, row in enumerate(progress(rows, desc="autodan prompts"))]
-    budget = {"steps": p.autodan_steps, "population": p.autodan_population, "elite_frac": p.autodan_elite_frac,
-              "crossover": p.autodan_crossover, "mutation": p.autodan_mutation,
-              "crossover_every": p.autodan_crossover_every, "mutation_kind": "synonym table (LLM-free)",
-              "check_every": p.autodan_check_every, "check_tokens": p.attack_check_tokens}
-    return outcome("autodan", model, tokenizer, results, budget, p, time.perf_counter() - start)
+
+def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], budget: AutoDANBudget,
+           max_new_tokens: int, batch_size: int, seed: int) -> Outcome:
+    """AutoDAN-HGA on each harmful row {"prompt", "target"} (row i seeded `seed + i`; fitness in batches of
+    `batch_size`) and the responses it obtains (`max_new_tokens`, greedy)."""
+    def run() -> Outcome:
+        results = [run_autodan(model, tokenizer, row["prompt"], row["target"], budget.steps, budget.population,
+                               budget.elite_frac, budget.crossover, budget.mutation, budget.crossover_every,
+                               budget.check_every, budget.check_tokens, batch_size, seed + i)
+                   for i, row in enumerate(progress(rows, desc="autodan prompts"))]
+        return outcome("autodan", model, tokenizer, results, budget.record(), max_new_tokens, batch_size)
+    return timed(run)

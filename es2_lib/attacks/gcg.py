@@ -1,4 +1,5 @@
-"""GCG: greedy coordinate gradient search for an adversarial suffix (Zou et al. 2023, Algorithm 1; DESIGN.md §6).
+"""GCG: greedy coordinate gradient search for an adversarial suffix (Zou et al. 2023, Algorithm 1; docs/architecture.md,
+"Attacks").
 
 A suffix of `n_tokens` tokens, initialised to "! ! …", is appended to a harmful instruction and optimised so
 that the model's cross-entropy on a target answer ("Sure, here is …") falls. Each step takes the gradient of
@@ -6,11 +7,11 @@ that loss with respect to the one-hot suffix, draws `search_width` single-token 
 of each position, drops swaps whose prompt does not re-tokenise to the same tokens, scores the rest in
 batches and keeps the best (the current suffix counts as a candidate, so the loss never rises).
 
-Speed (DESIGN.md §7): the KV cache of the fixed prompt before the suffix is computed once; a candidate
-that swaps position i also reuses the current suffix's cache up to i (candidates are sorted by position);
+Speed (docs/architecture.md, "Speed"): the KV cache of the fixed prompt before the suffix is computed once; a
+candidate that swaps position i also reuses the current suffix's cache up to i (candidates are sorted by position);
 the 150k-wide head is applied only at the target positions. The gradient for the next step is taken once the
 step has moved (a step that does not move keeps it), and its forward pass also gives the new suffix's loss
-and cache. `target_losses` is the one scoring function of both prompt attacks: AutoDAN's fitness uses it too.
+and cache. Scoring is `prompt_search.target_losses`, the one scoring function of both prompt attacks.
 
 Screening: with a `screen` copy of the model in a cheaper dtype (bfloat16 for a float32 model: twice the
 matmul throughput on CPUs with AVX512-BF16 and on GPUs), that copy scores every candidate, with its softmax over
@@ -27,41 +28,22 @@ screened search takes the same steps as an exact one for as long as each step's 
 from __future__ import annotations
 
 import functools
-import time
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from ..generation import generate
 from ..judges import is_refusal
-from ..models import chat_prompt, decoder_and_head
-from ..params import Params
+from ..models import decoder_and_head
 from ..progress import progress
-from . import Outcome
+from .budgets import GCGBudget
+from .common import Outcome, timed
+from .prompt_search import (KV, AttackResult, chat_around, cross_entropy, encode, expand_cache, outcome, prefix_kv,
+                            respond, target_losses)
 
-KV = list[tuple[Tensor, Tensor]]  # per decoder layer: keys and values [batch, kv_heads, length, head_dim]
-MARK = "<<es2-attack-slot>>"  # where the attacked text goes in the chat template
 SCREEN_TOP_TOKENS = 1024  # per target position: the screening softmax's tokens (with the targets: ~7k of 152k)
-
-
-# --- the prompt around the attacked text ------------------------------------------------------------
-
-def chat_around(tokenizer: PreTrainedTokenizerBase, user_before: str = "") -> tuple[str, str]:
-    """The chat-template text before and after the attacked part of the user turn, whose content is
-    `user_before` + attacked text; the `after` text ends with the generation prompt."""
-    text = chat_prompt(tokenizer, user_before + MARK)
-    if text.count(MARK) != 1:
-        raise ValueError(f"the chat template of {tokenizer.name_or_path!r} does not keep the user text verbatim")
-    before, after = text.split(MARK)
-    return before, after
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, text: str, device: torch.device | str = "cpu") -> Tensor:
-    """Token ids of a piece of chat text (special-token strings parsed, none added). [length]"""
-    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long, device=device)
 
 
 @functools.lru_cache(maxsize=4)
@@ -76,83 +58,8 @@ def allowed_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Tenso
     return allowed
 
 
-# --- scoring: target cross-entropy with a cached prefix ---------------------------------------------
-
-def prefix_kv(model: nn.Module, ids: Tensor) -> KV:
-    """The KV cache of a fixed token prefix [length], batch 1, without gradients."""
-    decoder, _ = decoder_and_head(model)
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        decoder(input_ids=ids[None], past_key_values=cache, use_cache=True)
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache(model: nn.Module, kv: KV, batch: int, length: int) -> DynamicCache:
-    """A fresh cache holding the first `length` positions of `kv`, expanded to `batch` rows. Forward calls
-    append to a DynamicCache in place, so every call gets its own and `kv` itself is never changed."""
-    if length > kv[0][0].shape[2]:
-        raise ValueError(f"a cache of {kv[0][0].shape[2]} positions cannot supply the first {length}")
-    data = [(k[:, :, :length].expand(batch, -1, -1, -1), v[:, :, :length].expand(batch, -1, -1, -1)) for k, v in kv]
-    return DynamicCache(ddp_cache_data=data, config=model.config)
-
-
-def target_losses(model: nn.Module, kv: KV, kv_length: int, rows: Tensor, lengths: Tensor, n_target: int,
-                  vocab: Tensor | None = None) -> Tensor:
-    """Mean cross-entropy of the last `n_target` real tokens of each row, after the first `kv_length` cached
-    positions. `rows` [batch, width] are right-padded token ids and `lengths` [batch] their real lengths
-    (right padding needs no attention mask under a causal mask). The last column is not fed (no row's last token
-    predicts a target) and the head runs only at the target positions; `vocab` (sorted token ids, the targets
-    among them), when given, limits the softmax to those tokens. [batch]"""
-    decoder, lm_head = decoder_and_head(model)
-    batch = rows.shape[0]
-    past = _cache(model, kv, batch, kv_length) if kv_length > 0 else None
-    hidden = decoder(input_ids=rows[:, :-1], past_key_values=past, use_cache=past is not None).last_hidden_state
-    offsets = torch.arange(n_target, device=rows.device)
-    predict_at = (lengths - n_target - 1)[:, None] + offsets  # [b, n_target]: positions predicting the targets
-    states = hidden.gather(1, predict_at[..., None].expand(-1, -1, hidden.shape[-1]))  # [b, n_target, h]
-    targets = rows.gather(1, predict_at + 1)  # [b, n_target]
-    if vocab is None:
-        logits = lm_head(states).float()  # [b, n_target, vocab]
-    else:
-        bias = None if lm_head.bias is None else lm_head.bias[vocab]
-        logits = torch.nn.functional.linear(states, lm_head.weight[vocab], bias).float()  # [b, n_target, len(vocab)]
-        targets = torch.searchsorted(vocab, targets)
-    return _cross_entropy(logits, targets).mean(1)
-
-
-def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Per-token cross-entropy [...] of logits [..., vocab]: logsumexp minus the target logit, which reads the
-    vocabulary once instead of materialising log-softmax."""
-    return torch.logsumexp(logits, -1) - logits.gather(-1, targets[..., None])[..., 0]
-
-
-def respond(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ids: Tensor, max_new_tokens: int) -> str:
-    """Greedy response to one tokenised chat prompt [length], for the success checks."""
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids[None]), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
-
 
 # --- GCG -----------------------------------------------------------------------------------------
-
-@dataclass
-class AttackResult:
-    """One attacked prompt: the adversarial user message and how the search went."""
-    instruction: str
-    attack_prompt: str  # the user message to send: instruction + adversarial text
-    losses: list[float] = field(default_factory=list)  # best target CE after each step (index 0: before any)
-    success_step: int | None = None  # first checked step whose short greedy response the keyword judge passes
-    check_response: str = ""  # that short response (or the last checked one)
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1]
-
-    @property
-    def steps(self) -> int:
-        return len(self.losses) - 1
-
 
 def screen_copy(model: nn.Module, dtype: str | None) -> nn.Module | None:
     """A copy of `model` in `dtype` for GCG's screening, or None when `dtype` is None or already the model's."""
@@ -207,7 +114,7 @@ class GCG:
 
     def _extend_kv(self, replica: _Replica, suffix: Tensor) -> KV:
         """The KV cache of the prefix followed by `suffix` under `replica` (no gradient)."""
-        cache = _cache(replica.model, replica.kv_before, 1, len(self.before))
+        cache = expand_cache(replica.model, replica.kv_before, 1, len(self.before))
         with torch.no_grad():
             decoder_and_head(replica.model)[0](input_ids=suffix[None], past_key_values=cache, use_cache=True)
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -223,11 +130,11 @@ class GCG:
         one_hot.requires_grad_(True)
         tail = torch.cat([self.after, self.target[:-1]])  # the last target token predicts nothing
         embeds = torch.cat([one_hot @ embed.weight, embed(tail)])[None]  # [1, suffix + tail, hidden]
-        cache = _cache(model, self.exact.kv_before, 1, len(self.before))
+        cache = expand_cache(model, self.exact.kv_before, 1, len(self.before))
         decoder, lm_head = decoder_and_head(model)
         hidden = decoder(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
         logits = lm_head(hidden[0, -len(self.target):]).float()  # [n_target, vocab]
-        loss = _cross_entropy(logits, self.target).mean()
+        loss = cross_entropy(logits, self.target).mean()
         grad = torch.autograd.grad(loss, one_hot)[0]
         end = len(self.before) + len(suffix)
         kv = [(layer.keys[:, :, :end].detach(), layer.values[:, :, :end].detach()) for layer in cache.layers]
@@ -339,40 +246,15 @@ def run_gcg(model: nn.Module, tokenizer: PreTrainedTokenizerBase, instruction: s
     return result
 
 
-def outcome(attack: str, model: nn.Module, tokenizer: PreTrainedTokenizerBase, results: list[AttackResult],
-            budget: dict, p: Params, wall_s: float) -> Outcome:
-    """An `Outcome` of a prompt attack: greedy responses (p.max_new_tokens) to the adversarial prompts, the
-    budget, the size of the perturbation (mean tokens added to the instruction; prompt attacks have no L2), and
-    per prompt the search record (for responses.jsonl and the loss-curve figure)."""
-    responses = generate(model, tokenizer, [r.attack_prompt for r in results], p.max_new_tokens, p.batch_size)
-    extra = {"attack_prompt": [r.attack_prompt for r in results], "success_step": [r.success_step for r in results],
-             "steps": [r.steps for r in results], "final_loss": [r.final_loss for r in results],
-             "losses": [r.losses for r in results]}
-    added = [len(encode(tokenizer, r.attack_prompt)) - len(encode(tokenizer, r.instruction)) for r in results]
-    return Outcome(attack, "", responses, {"added_tokens": sum(added) / len(added)}, budget, round(wall_s, 2), extra)
-
-
-def search_summary(extra: dict) -> dict:
-    """Across prompts: the share whose search found a success, steps to first success (median over those that
-    did, and per prompt), and the final target loss (mean, and per prompt)."""
-    steps = [s for s in extra["success_step"] if s is not None]
-    losses = extra["final_loss"]
-    return {"success_rate": len(steps) / len(losses), "steps_to_success_median": float(torch.tensor(steps).median())
-            if steps else None, "steps_to_success": extra["success_step"], "final_loss_mean": sum(losses) / len(losses),
-            "final_loss": losses, "steps_run": extra["steps"]}
-
-
-def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], p: Params) -> Outcome:
-    """GCG on each harmful row {"prompt", "target"} with the budget of `p`, and the responses it obtains."""
-    start = time.perf_counter()
-    screen = screen_copy(model, p.gcg_screen_dtype)
-    results = [run_gcg(model, tokenizer, row["prompt"], row["target"], p.gcg_steps, p.gcg_suffix_tokens, p.gcg_topk,
-                       p.gcg_search_width, p.gcg_batch_size, p.gcg_check_every, p.attack_check_tokens, p.seed + i,
-                       screen=screen, margin=p.gcg_screen_margin)
-               for i, row in enumerate(progress(rows, desc="gcg prompts"))]
-    budget = {"steps": p.gcg_steps, "topk": p.gcg_topk, "search_width": p.gcg_search_width,
-              "suffix_tokens": p.gcg_suffix_tokens, "check_every": p.gcg_check_every,
-              "check_tokens": p.attack_check_tokens}
-    if screen is not None:
-        budget |= {"screen_dtype": p.gcg_screen_dtype, "screen_margin": p.gcg_screen_margin}
-    return outcome("gcg", model, tokenizer, results, budget, p, time.perf_counter() - start)
+def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], budget: GCGBudget,
+           max_new_tokens: int, batch_size: int, seed: int) -> Outcome:
+    """GCG on each harmful row {"prompt", "target"} (row i seeded `seed + i`) and the responses it obtains
+    (`max_new_tokens`, greedy, in batches of `batch_size`)."""
+    def run() -> Outcome:
+        screen = screen_copy(model, budget.screen_dtype)
+        results = [run_gcg(model, tokenizer, row["prompt"], row["target"], budget.steps, budget.suffix_tokens,
+                           budget.topk, budget.search_width, budget.batch_size, budget.check_every, budget.check_tokens,
+                           seed + i, screen=screen, margin=budget.screen_margin)
+                   for i, row in enumerate(progress(rows, desc="gcg prompts"))]
+        return outcome("gcg", model, tokenizer, results, budget.record(screen is not None), max_new_tokens, batch_size)
+    return timed(run)

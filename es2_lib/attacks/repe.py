@@ -1,5 +1,5 @@
-"""RepE attack (Zou et al. 2023, "Representation Engineering"; DESIGN.md §6): steer the model away from refusing by
-adding a multiple of its own harmfulness direction to the residual stream while it answers.
+"""RepE attack (Zou et al. 2023, "Representation Engineering"; docs/architecture.md, "Attacks"): steer the model away
+from refusing by adding a multiple of its own harmfulness direction to the residual stream while it answers.
 
 Direction: per layer, the first principal component of the differences between paired harmful and harmless
 last-token states. RepE takes the PCA of differences whose pair order is flipped at random, which centres them;
@@ -20,11 +20,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..generation import generate
-from ..params import Params
-from . import Outcome, residual_edit
+from ..hooks import edit_residual
+from .common import Outcome
 
 
-def band(num_layers: int, layers: list[int], depth: list[float]) -> list[int]:
+
+def band(num_layers: int, layers: tuple[int, ...] | list[int], depth: tuple[float, ...] | list[float]) -> list[int]:
     """The steered layers: `layers` when given, else every decoder layer from depth[0]·L to depth[1]·L (rounded)."""
     if layers:
         bad = [l for l in layers if not 1 <= l <= num_layers]
@@ -60,19 +61,21 @@ def steer(model: nn.Module, layers: list[int], direction: torch.Tensor, unit: to
     def add(shift: torch.Tensor):
         return lambda hidden: hidden + shift.to(hidden.device, hidden.dtype)
 
-    with residual_edit(model, {layer: add(shift) for layer, shift in zip(layers, shifts)}):
+    with edit_residual(model, {layer: add(shift) for layer, shift in zip(layers, shifts)}):
         yield
 
 
 def attack(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], layers: list[int],
-    fitted: dict[str, torch.Tensor], unit: torch.Tensor, coeff: float, p: Params,
+    fitted: dict[str, torch.Tensor], unit: torch.Tensor, coeff: float, coeffs: tuple[float, ...], max_new_tokens: int,
+    batch_size: int,
 ) -> Outcome:
     """Greedy responses under steering with one coefficient. Perturbation: `l2` = the norm added at each steered
-    layer and position (mean over the band), `relative` = that over this model's own mean state norm there."""
+    layer and position (mean over the band), `relative` = that over this model's own mean state norm there;
+    `coeffs` (the whole sweep) is recorded in the budget."""
     with steer(model, layers, fitted["direction"], unit, coeff):
-        responses = generate(model, tokenizer, prompts, p.max_new_tokens, p.batch_size, progress=True)
+        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True)
     added = abs(coeff) * unit.float()  # [layers]
     return Outcome("repe", f"coeff={coeff:g}", responses,
                    {"l2": float(added.mean()), "relative": float((added / fitted["norm"]).mean()), "coeff": coeff},
-                   {"coeffs": list(p.repe_coeffs), "layers": layers})
+                   {"coeffs": list(coeffs), "layers": layers})

@@ -1,5 +1,6 @@
 """SCAV attack (Xu et al. 2024, "Uncovering Safety Risks of Large Language Models through Concept Activation Vector";
-DESIGN.md §6): move the last-token state across the model's own linear harmfulness probes at every layer.
+docs/architecture.md, "Attacks"): move the last-token state across the model's own linear harmfulness probes at every
+layer.
 
 Per layer l a logistic probe P(harmful | e) = σ(wᵀe + b) is fitted on the model under attack (probes.py; on the
 ES2 model it is fitted again, so the attack adapts). At every layer whose held-out probe accuracy exceeds P1 and
@@ -22,15 +23,17 @@ from transformers import PreTrainedTokenizerBase
 
 from .. import probes as linear_probes
 from ..generation import generate
-from ..params import Params
-from . import Outcome, residual_edit
+from ..hooks import edit_residual
+from .common import Outcome
 
 
-def fit(harmful: torch.Tensor, harmless: torch.Tensor, layers: list[int], p: Params) -> dict[str, torch.Tensor]:
+
+def fit(harmful: torch.Tensor, harmless: torch.Tensor, layers: list[int], C: float, folds: int,
+        seed: int) -> dict[str, torch.Tensor]:
     """Probes for `layers` from last-token states [n, len(layers), hidden] of each class: weight [len, hidden] and
     bias [len] on the raw states (fitted on all states), accuracy [len] (held-out, by cross-validation), layers."""
-    fitted = linear_probes.fit_probes(harmful, harmless, C=p.probe_C, seed=p.seed)
-    accuracy = linear_probes.heldout_accuracy(harmful, harmless, folds=p.probe_folds, C=p.probe_C, seed=p.seed)
+    fitted = linear_probes.fit_probes(harmful, harmless, C=C, seed=seed)
+    accuracy = linear_probes.heldout_accuracy(harmful, harmless, folds=folds, C=C, seed=seed)
     return {**fitted, "accuracy": accuracy, "layers": torch.tensor(layers)}
 
 
@@ -86,14 +89,14 @@ def perturb(model: nn.Module, probes: dict[str, torch.Tensor], p0: float, p1: fl
 
     eligible = (probes["accuracy"] > p1).nonzero().flatten().tolist()
     edits = {int(probes["layers"][i]): edit(probes["weight"][i].float(), probes["bias"][i].float()) for i in eligible}
-    with residual_edit(model, edits):
+    with edit_residual(model, edits):
         yield moves
 
 
 def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], probes: dict[str, torch.Tensor],
-           p: Params) -> Outcome:
+           p0: float, p1: float, max_new_tokens: int, batch_size: int) -> Outcome:
     """Greedy responses under SCAV; perturbation = Moves.summary (l2 = mean ‖ε‖ at the prompt's last token)."""
-    with perturb(model, probes, p.scav_p0, p.scav_p1) as moves:
-        responses = generate(model, tokenizer, prompts, p.max_new_tokens, p.batch_size, progress=True)
-    layers = probes["layers"][probes["accuracy"] > p.scav_p1].tolist()
-    return Outcome("scav", "", responses, moves.summary(), {"p0": p.scav_p0, "p1": p.scav_p1, "layers": layers})
+    with perturb(model, probes, p0, p1) as moves:
+        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True)
+    layers = probes["layers"][probes["accuracy"] > p1].tolist()
+    return Outcome("scav", "", responses, moves.summary(), {"p0": p0, "p1": p1, "layers": layers})

@@ -1,13 +1,14 @@
 """Soft-prompt attack (Schwinn et al. 2024, "Soft Prompt Threats: Attacking Safety Alignment and Unlearning in
-Open-Source LLMs through the Embedding Space"; DESIGN.md §6): optimise free control-token embeddings placed after
-the instruction so that the model starts its answer with an affirmative target ("Sure, here is ...").
+Open-Source LLMs through the Embedding Space"; docs/architecture.md, "Attacks"): optimise free control-token
+embeddings placed after the instruction so that the model starts its answer with an affirmative target ("Sure,
+here is ...").
 
 Per prompt, `n` control embeddings (initialised as the embedding of "!", like GCG's suffix) sit between the
 user's instruction and the rest of the chat template. They follow signed gradient descent on the cross-entropy
 of the target tokens, c ← c − α·sign(∇c CE), and a prompt stops once its target is reproduced by greedy decoding
-(teacher-forced argmax equals every target token, which is the same condition). Following DESIGN.md §7 the
-prompts are optimised in batches, the fixed prefix (template + instruction) is encoded once and reused as a KV
-cache, and the lm_head runs only at the target positions. The perturbation is the L2 drift of the control
+(teacher-forced argmax equals every target token, which is the same condition). For speed (docs/architecture.md,
+"Speed") the prompts are optimised in batches, the fixed prefix (template + instruction) is encoded once and reused
+as a KV cache, and the lm_head runs only at the target positions. The perturbation is the L2 drift of the control
 embeddings from their initial value.
 """
 
@@ -22,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..batching import left_pad
+from ..hooks import position_ids
 from ..models import chat_prompt, decoder_and_head
-from ..params import Params
 from ..progress import progress as progress_bar
-from ..representations import position_ids
-from . import Outcome
+from .budgets import SoftPromptBudget
+from .common import Outcome
 
 INIT_TEXT = "!"  # control tokens start as the embedding of this text's first token
 DEFAULT_TARGET = "Sure, here is"  # target of prompts without one (AdvBench rows carry their own)
@@ -57,13 +59,12 @@ def _frozen(model: nn.Module) -> Iterator[None]:
             w.requires_grad_(flag)
 
 
-def _pad(rows: list[list[int]], value: int, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids [n, width], mask [n, width]) padded on the left or right."""
+def _right_pad(rows: list[list[int]], value: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [n, width], mask [n, width]) padded on the right: the rest after the control tokens."""
     width = max(len(r) for r in rows)
-    pads = [[value] * (width - len(r)) for r in rows]
-    ids = [p + r if left else r + p for r, p in zip(rows, pads)]
-    mask = [[0] * len(p) + [1] * len(r) if left else [1] * len(r) + [0] * len(p) for r, p in zip(rows, pads)]
-    return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+    ids = torch.tensor([r + [value] * (width - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    return ids, mask
 
 
 def _optimize_batch(
@@ -77,9 +78,10 @@ def _optimize_batch(
     device, n_ctrl = embed.weight.device, control.shape[1]
     parts = [split_chat(tokenizer, p) for p in prompts]
     target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
-    prefix, prefix_mask = _pad([pre for pre, _ in parts], tokenizer.pad_token_id, True, device)  # [b, P]
-    tail, tail_mask = _pad([suf + tgt for (_, suf), tgt in zip(parts, target_ids)], tokenizer.pad_token_id, False, device)
-    target, target_mask = _pad(target_ids, tokenizer.pad_token_id, False, device)  # [b, T]
+    prefix, prefix_mask = left_pad([pre for pre, _ in parts], tokenizer.pad_token_id, device)  # [b, P]
+    tail, tail_mask = _right_pad([suf + tgt for (_, suf), tgt in zip(parts, target_ids)], tokenizer.pad_token_id,
+                                 device)  # [b, suffix + T]
+    target, target_mask = _right_pad(target_ids, tokenizer.pad_token_id, device)  # [b, T]
     # the hidden state at full-rest position n + len(suffix) - 1 + j predicts target token j
     target_pos = torch.tensor([[n_ctrl + len(suf) - 1 + j for j in range(target.shape[1])] for _, suf in parts],
                               device=device).clamp(max=n_ctrl + tail.shape[1] - 1)
@@ -168,14 +170,15 @@ def generate_with_control(
     return responses
 
 
-def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], p: Params) -> Outcome:
+def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], budget: SoftPromptBudget,
+           max_new_tokens: int, batch_size: int) -> Outcome:
     """Optimise soft prompts for harmful rows {"prompt", "target"} and generate. Perturbation: `l2` = mean L2 drift
     of a control embedding from its initial value, `relative` = that over the mean token-embedding norm."""
     prompts = [row["prompt"] for row in rows]
     targets = [row.get("target", DEFAULT_TARGET) for row in rows]
-    result = optimize(model, tokenizer, prompts, targets, p.soft_prompt_tokens, p.soft_prompt_steps,
-                      p.soft_prompt_step_size, p.batch_size, progress=True)
-    responses = generate_with_control(model, tokenizer, prompts, result["control"], p.max_new_tokens, p.batch_size)
+    result = optimize(model, tokenizer, prompts, targets, budget.tokens, budget.steps, budget.step_size, batch_size,
+                      progress=True)
+    responses = generate_with_control(model, tokenizer, prompts, result["control"], max_new_tokens, batch_size)
     drift = (result["control"] - result["init"]).norm(dim=-1).mean(1)  # [n] mean over control tokens
     token_norm = model.get_input_embeddings().weight.detach().float().norm(dim=-1).mean()
     return Outcome(
@@ -183,7 +186,7 @@ def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict
         {"l2": float(drift.mean()), "relative": float(drift.mean() / token_norm.cpu()),
          "steps": float(result["steps"].float().mean()), "reached": float(result["reached"].float().mean()),
          "loss_first": float(result["loss"][0].mean()), "loss_last": float(result["loss"][-1].mean())},
-        {"tokens": p.soft_prompt_tokens, "steps": p.soft_prompt_steps, "step_size": p.soft_prompt_step_size,
+        {"tokens": budget.tokens, "steps": budget.steps, "step_size": budget.step_size,
          "default_targets": sum("target" not in row for row in rows)},
         extra={"soft_prompt_steps": result["steps"].tolist(), "target_reached": result["reached"].tolist()},
     )
