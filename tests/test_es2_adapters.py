@@ -52,13 +52,3 @@ def test_full_fine_tuning_has_no_base_model_and_loads_its_weights(tiny, tmp_path
     with pytest.raises(FileNotFoundError, match="neither a peft adapter"):
         adapters.load_tuned(model, tmp_path)
 
-
-def test_atomic_dir_keeps_the_old_folder_when_the_block_fails(tmp_path):
-    target = tmp_path / "out"
-    with adapters.atomic_dir(target) as tmp:
-        (tmp / "a.txt").write_text("first")
-    with pytest.raises(RuntimeError):
-        with adapters.atomic_dir(target) as tmp:
-            (tmp / "a.txt").write_text("second")
-            raise RuntimeError("crash")
-    assert (target / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -53,3 +53,14 @@ def test_hash_files_changes_with_content(tmp_path):
     before = runs.hash_files([tmp_path])
     (tmp_path / "a.txt").write_text("2")
     assert runs.hash_files([tmp_path]) != before
+
+
+def test_atomic_dir_keeps_the_old_folder_when_the_block_fails(tmp_path):
+    target = tmp_path / "out"
+    with runs.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with runs.atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("second")
+            raise RuntimeError("crash")
+    assert (target / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -9,8 +9,9 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import (ATTACK_LABELS, MODEL_COLORS, MODEL_LABELS, dsr_table, dsr_vs_perturbation, fmt_number, fmt_rate,
-               sweep_points)
+from . import ATTACK_LABELS, MODEL_COLORS, MODEL_LABELS, fmt_number, fmt_rate
+from .figures import dsr_vs_perturbation, sweep_points
+from .tables import Reported, dsr_table
 from ..attacks import Outcome
 from ..results import AttackEntry
 
@@ -46,7 +47,7 @@ def prompt_attack_table(entries: Sequence[AttackEntry], search: Mapping[str, Map
     """Table 1's rows of the prompt attacks (numbers, formatted cells) with each search's record beside them:
     success rate, median steps to success and mean final target CE. `search[model][attack]` is
     prompt_search.search_summary of that attack (none for "no attack")."""
-    numbers, shown = dsr_table([{**e.to_dict(), "stage": stage} for e in entries])
+    numbers, shown = dsr_table([Reported(stage, e) for e in entries])
     ran = (numbers.status == "ok").to_numpy()
     numbers, shown = numbers[ran], shown[ran]
     found = [search.get(m, {}).get(a, {}) for m, a in zip(numbers.model, numbers.attack)]
