@@ -20,6 +20,7 @@ from peft import PeftModel
 from torch import nn
 
 from . import judges, stats
+from .adapters import base_model
 from .batching import prompt_target_batch, target_nll
 from .models import chat_prompt
 
@@ -69,8 +70,6 @@ def base_perplexity(model: nn.Module, tokenizer, prompts: Sequence[str], respons
                     batch_size: int = 8) -> list[float] | None:
     """`response_perplexity` under the base network of `model`: its adapter disabled. None for a model without an
     adapter (after full fine-tuning the base weights are gone)."""
-    from .es2 import base_model  # moves to adapters.py (the "es2" helper's split); es2 imports this module
-
     if not isinstance(model, PeftModel):
         return None
     with base_model(model):
