@@ -98,9 +98,10 @@ def _message(error: dict, values: Mapping[str, Any], sources: Mapping[str, str],
     return f"{where}: key {key!r} expects {expects(key)}, got {got}"
 
 
-def _validate(values: Mapping[str, Any], sources: Mapping[str, str], default: str) -> Params:
+def _validate(values: Mapping[str, Any], sources: Mapping[str, str], default: str,
+              context: dict | None = None) -> Params:
     try:
-        return Params(**values)
+        return Params.model_validate(dict(values), context=context)
     except ValidationError as err:
         lines = {}
         for error in err.errors(include_url=False):
@@ -117,9 +118,12 @@ def from_namespace(namespace: Mapping[str, Any], source: str = "notebook paramet
     """Params from a notebook's globals: the schema's keys that the namespace defines.
 
     A notebook's `parameters` cell declares the keys it uses; papermill injects those of the params
-    file after it. This picks them up and validates them like a file.
+    file after it. This picks them up and validates them like a file, except that a rule between keys applies
+    only when the namespace defines all of them (the pipeline injects only the keys a stage declares; the others
+    keep their defaults here and are checked where they are read).
     """
-    return from_mapping({k: namespace[k] for k in Params.model_fields if k in namespace}, source=source)
+    values = {k: namespace[k] for k in Params.model_fields if k in namespace}
+    return _validate(values, {}, source, context={"declared": frozenset(values)})
 
 
 # --- files and base: chains -----------------------------------------------------------------------------------

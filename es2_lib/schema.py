@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Fraction = Annotated[float, Field(gt=0, le=1)]  # a share of a rank, of an energy or of the depth L
 Depth = Annotated[float, Field(ge=0, le=1)]  # a position in the layer stack as a fraction of the depth L
@@ -22,6 +22,15 @@ class CrossFieldError(ValueError):
     def __init__(self, message: str, *keys: str):
         super().__init__(message)
         self.keys = keys
+
+
+def _require(info: ValidationInfo, ok: bool, message: str, *keys: str) -> None:
+    """Raise CrossFieldError unless `ok`. A notebook's params (validation context "declared": the keys its
+    parameters cell declares) are held only to the rules whose keys it all declares; the others concern other
+    stages, and a file or override is held to every rule."""
+    declared = (info.context or {}).get("declared")
+    if not ok and (declared is None or set(keys) <= declared):
+        raise CrossFieldError(message, *keys)
 
 
 class Params(BaseModel):
@@ -219,34 +228,31 @@ class Params(BaseModel):
         return band
 
     @model_validator(mode="after")
-    def _es2_layers(self) -> Params:
-        if self.n_emergence_layers + self.n_terminal_layers == 0:
-            raise CrossFieldError("n_emergence_layers + n_terminal_layers must choose at least one ES2 layer, got 0",
-                                  "n_emergence_layers", "n_terminal_layers")
+    def _es2_layers(self, info: ValidationInfo) -> Params:
+        _require(info, self.n_emergence_layers + self.n_terminal_layers > 0,
+                 "n_emergence_layers + n_terminal_layers must choose at least one ES2 layer, got 0",
+                 "n_emergence_layers", "n_terminal_layers")
         return self
 
     @model_validator(mode="after")
-    def _eval_prompts_suffice(self) -> Params:
+    def _eval_prompts_suffice(self, info: ValidationInfo) -> Params:
         for key in ("n_attack", "n_prompt_attack", "subspace_n_eval_dsr"):  # each takes the first eval prompts
-            if getattr(self, key) > self.n_eval:
-                raise CrossFieldError(f"{key} ({getattr(self, key)}) must not exceed n_eval ({self.n_eval}): "
-                                      f"it takes the first eval prompts", key, "n_eval")
+            _require(info, getattr(self, key) <= self.n_eval, f"{key} ({getattr(self, key)}) must not exceed n_eval "
+                     f"({self.n_eval}): it takes the first eval prompts", key, "n_eval")
         return self
 
     @model_validator(mode="after")
-    def _evaluated_fractions_are_projected(self) -> Params:
+    def _evaluated_fractions_are_projected(self, info: ValidationInfo) -> Params:
         extra = sorted(set(self.subspace_eval_fractions) - set(self.subspace_projection_fractions))
-        if extra:
-            raise CrossFieldError(f"subspace_eval_fractions {self.subspace_eval_fractions} must be a subset of "
-                                  f"subspace_projection_fractions {self.subspace_projection_fractions}; {extra} "
-                                  f"are not", "subspace_eval_fractions", "subspace_projection_fractions")
+        _require(info, not extra, f"subspace_eval_fractions {self.subspace_eval_fractions} must be a subset of "
+                 f"subspace_projection_fractions {self.subspace_projection_fractions}; {extra} are not",
+                 "subspace_eval_fractions", "subspace_projection_fractions")
         return self
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> Params:
-        if self.srr_hidden % self.srr_heads:
-            raise CrossFieldError(f"srr_heads ({self.srr_heads}) must divide srr_hidden ({self.srr_hidden})",
-                                  "srr_heads", "srr_hidden")
+    def _heads_divide_width(self, info: ValidationInfo) -> Params:
+        _require(info, self.srr_hidden % self.srr_heads == 0,
+                 f"srr_heads ({self.srr_heads}) must divide srr_hidden ({self.srr_hidden})", "srr_heads", "srr_hidden")
         return self
 
     @classmethod

@@ -197,3 +197,11 @@ def test_resolve_override_errors_are_one_line(override, message, capsys):
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert err.startswith("error: ") and re.search(message, err)
+
+
+def test_a_notebook_is_held_to_the_rules_between_keys_it_declares():
+    assert params.from_namespace({"n_eval": 6, "seed": 1}).n_eval == 6  # n_attack is another stage's key
+    with pytest.raises(params.ParamsError, match=r"n_attack \(12\) must not exceed n_eval \(6\)"):
+        params.from_namespace({"n_eval": 6, "n_attack": 12})
+    with pytest.raises(params.ParamsError, match="must not exceed n_eval"):
+        params.from_mapping({"n_eval": 6})  # a file or override is held to every rule
