@@ -1,6 +1,6 @@
 """Supervised fine-tuning that returns its weight update: the "useful" (Code Alpaca), "harmful" (jailbroken
 responses) and benign updates whose subspaces Ponkshe et al. 2025 (arXiv 2505.14185) compare with ES2's, and the
-seeded, disjoint draws of the (prompt, response) pairs they train on. See docs/architecture.md, "Layers of the library".
+seeded, disjoint draws of the (prompt, response) pairs they train on. See docs/architecture.md, "Related systems".
 """
 
 from __future__ import annotations

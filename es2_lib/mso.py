@@ -3,7 +3,7 @@ in activation space. A basis at energy fraction η is the fewest top singular di
 reach η of the total; MSO(Q_a, Q_b) = ‖Q_aᵀQ_b‖²_F / min(k_a, k_b), against max(k_a, k_b)/d, its mean for random
 subspaces. Weight bases are left singular vectors of an update's matrices (the output space: LoRA's A starts from the
 same seeded init in every fine-tune, so input spaces would overlap by construction); activation bases span the
-uncentred last-token states [n, hidden] of a prompt set. See docs/architecture.md, "Layers of the library".
+uncentred last-token states [n, hidden] of a prompt set. See docs/architecture.md, "Related systems".
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The candidate lists of SRR, Safety Representation Ranking (Du et al. 2025, arXiv 2505.15710): per instruction,
 K sampled responses with their likelihood, their keyword-judge labels, and the model's own frozen hidden states at
 the last token of the instruction and of instruction + candidate (the ranker's features); the prompts of each source
-and the seeded train/test split. See docs/architecture.md, "Layers of the library".
+and the seeded train/test split. See docs/architecture.md, "Related systems".
 """
 
 from __future__ import annotations

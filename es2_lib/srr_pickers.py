@@ -1,7 +1,7 @@
 """How the SRR system (Du et al. 2025, arXiv 2505.15710) and its baselines pick an answer from a candidate list, and
 how well: the trained ranker, a uniform random pick, the sampling model's own likelihood and a linear probe on the
 candidate features; ranking accuracy (top pick safe), DSR (top pick refused) and XSTest over-refusal of each pick,
-with bootstrap intervals, and ranking accuracy per feature layer. See docs/architecture.md, "Layers of the library".
+with bootstrap intervals, and ranking accuracy per feature layer. See docs/architecture.md, "Related systems".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 encoder over the [instruction, candidate_1..K] features that scores each candidate by the cosine similarity of the
 encoded instruction and the encoded candidate, trained listwise (softmax over a list's scores, KL divergence to the
 list's label distribution). No reference code exists; each reconstructed choice is a `RankerConfig` field (params
-keys `srr_*`). See docs/architecture.md, "Layers of the library".
+keys `srr_*`). See docs/architecture.md, "Related systems".
 """
 
 from __future__ import annotations

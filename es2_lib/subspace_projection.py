@@ -1,6 +1,6 @@
 """The projection test of Ponkshe et al. 2025 (arXiv 2505.14185): keep the part of an update inside (or outside) the
 top-k left singular subspace of a reference update's same matrix, k = ⌈fraction · rank⌉, and measure the energy it
-keeps against what a random k-dimensional subspace would keep. See docs/architecture.md, "Layers of the library".
+keeps against what a random k-dimensional subspace would keep. See docs/architecture.md, "Related systems".
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Weight-space updates, the objects the safety-subspace tests of Ponkshe et al. 2025 (arXiv 2505.14185) compare:
 the merged change ΔW of each decoder matrix, kept factored as left @ right (LoRA: B·A·scaling) so its SVD costs a
 QR of two thin factors; read from a LoRA model, a full fine-tune or a saved adapter, applied in place, summed.
-See docs/architecture.md, "Layers of the library".
+See docs/architecture.md, "Related systems".
 """
 
 from __future__ import annotations

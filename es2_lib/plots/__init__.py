@@ -1,6 +1,6 @@
 """The shared style and cell formatting of every table and figure: model and share colours, attack labels, number
 and interval cells ("0.67 [0.46, 0.88]"), Markdown tables, and the atomic writers of PNG, CSV and Markdown files
-(docs/architecture.md, "Layers of the library").
+(docs/architecture.md, "Figures and tables").
 
 Each figure module of this package (figures, tables, attacks, capability, subspaces, srr) imports these names
 from here; this file imports none of them, so any one can be used alone.

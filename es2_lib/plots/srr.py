@@ -1,6 +1,6 @@
 """The figure of stage 08, SRR (Safety Representation Ranking, Du et al. 2025, arXiv 2505.15710): ranking accuracy
 and DSR of each picker's top pick per model, XSTest over-refusal, and ranking accuracy against the feature layer.
-It draws from 08's results.json, so the figures stage redraws it (docs/architecture.md, "Layers of the library").
+It draws from 08's results.json, so the figures stage redraws it (docs/architecture.md, "Related systems").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Figures of stage 07, the safety-subspace tests of Ponkshe et al. 2025 (arXiv 2505.14185): weight-space and
 activation-space MSO against the energy fraction, and ES2 before and after a benign fine-tune. They draw from the
-records of 07's results.json, so the figures stage redraws them (docs/architecture.md, "Layers of the library").
+records of 07's results.json, so the figures stage redraws them (docs/architecture.md, "Related systems").
 """
 
 from __future__ import annotations
