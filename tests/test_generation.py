@@ -75,7 +75,8 @@ def test_embedded_refuses_harmful_and_answers_harmless(embedded):
     behaviours (the eval split of the default params, paper judge) and answers plain Alpaca instructions
     from the same split without a refusal phrase."""
     model, tokenizer = embedded
-    splits = data.make_splits(params.from_mapping({"n_eval": 20}))
+    p = params.from_mapping({"n_eval": 20})
+    splits = data.make_splits(p.harmful_prompts, p.harmless_prompts, p.n_probe_train, p.n_es2_train, p.n_eval, p.seed)
     harmful = [row["prompt"] for row in splits["harmful"]["eval"]]
     harmless = [row["prompt"] for row in splits["harmless"]["eval"][:5]]
     responses = generate(model, tokenizer, harmful + harmless, max_new_tokens=48, batch_size=8)
