@@ -3,10 +3,10 @@
 
 `load_prompts` reads a bundled set from `data/` (AdvBench, Alpaca, MaliciousInstruct, XSTest) or a user's CSV
 or JSON Lines file with a `prompt` column, through the `datasets` library. `make_splits` draws seeded,
-disjoint splits of harmful and harmless prompts, and `write_splits` writes them into the run folder so that
-every stage uses the same ones. `load_refusals` and `load_pairs` read the (instruction, response) pairs that
-ES2's refusal retain term (paper Section 3) and the safety-subspace fine-tunes train on. Any malformed input
-raises `DataError` naming the file, the row and what was expected.
+disjoint splits of harmful and harmless prompts; stage 01 writes them (`write_splits`) and every later stage
+reads them (`read_splits`), so all stages use the same ones. `load_refusals` and `load_pairs` read the
+(instruction, response) pairs that ES2's refusal retain term (paper Section 3) and the safety-subspace
+fine-tunes train on. Any malformed input raises `DataError` naming the file, the row and what was expected.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any, Iterator
 import datasets
 
 from . import judges
-from .runs import Run, write_json
+from .runs import read_json, write_json
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+SPLITS = ("probe_train", "es2_train", "eval")  # the splits of each class, in make_splits' order of keys
 
 USER_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json"}  # user file suffix -> datasets builder
 
@@ -235,11 +236,29 @@ def make_splits(harmful_prompts: str, harmless_prompts: str, n_probe_train: int,
     return splits
 
 
-def write_splits(run: Run, splits: dict[str, dict[str, list[dict]]]) -> Path:
-    """Write the splits to the run folder's splits.json (atomically) and return its path."""
-    path = run.path("splits.json")
+def write_splits(path: Path, splits: dict[str, dict[str, list[dict]]]) -> Path:
+    """Write the splits to `path` (stage 01's splits.json, atomically) and return the path."""
     write_json(path, splits)
     return path
+
+
+def read_splits(path: Path) -> dict[str, dict[str, list[dict]]]:
+    """The splits stage 01 wrote to `path`; a DataError names the file when it is not a splits file."""
+    splits = read_json(path)
+    if not (isinstance(splits, dict) and set(splits) == {"harmful", "harmless"}
+            and all(isinstance(splits[c], dict) and set(splits[c]) == set(SPLITS) for c in splits)):
+        raise DataError(f"{path}: not a splits file of stage 01 (expected {{harmful|harmless: {{{'|'.join(SPLITS)}: "
+                        f"rows}}}}); rerun stage 01_probing")
+    return splits
+
+
+def first(rows: list[dict], n: int, key: str, what: str) -> list[dict]:
+    """The first `n` of `rows`, or a DataError naming params key `key` when `what` (e.g. "the harmful eval
+    split") has fewer."""
+    if n > len(rows):
+        raise DataError(f"params {key}={n} but {what} has {len(rows)} prompts; lower {key} or raise n_eval "
+                        f"(stage 01 draws the splits)")
+    return rows[:n]
 
 
 # --- instruction -> response pairs for fine-tuning (safety subspaces; ES2's refusal retain term) -----------------

@@ -34,20 +34,20 @@ class Stage:
 
 
 _ALL = (
-    Stage("01_probing", writes=("layers.json", "per_layer.csv", "probes.safetensors")),
+    Stage("01_probing", writes=("splits.json", "layers.json", "per_layer.csv", "probes.safetensors")),
     Stage("02_es2_training", reads=("01_probing",),
           writes=("adapter", "responses.jsonl", "eval.json", "metrics.json", "log.jsonl", "no_attack.json")),
     Stage("03_embedding_attacks", reads=("01_probing", "02_es2_training"),
           writes=("results.json", "results.csv", "responses.jsonl", "fitted_base.safetensors",
                   "fitted_es2.safetensors")),
-    Stage("04_prompt_attacks", reads=("02_es2_training",),
+    Stage("04_prompt_attacks", reads=("01_probing", "02_es2_training"),
           writes=("results.json", "results.csv", "responses.jsonl", "attack_prompts.jsonl")),
-    Stage("05_capability", reads=("02_es2_training",),
+    Stage("05_capability", reads=("01_probing", "02_es2_training"),
           writes=("results.json", "results.csv", "predictions.jsonl", "responses.jsonl")),
     Stage("07_safety_subspaces", reads=("01_probing", "02_es2_training"),
           writes=("results.json", "responses.jsonl", "weight_mso.csv", "weight_mso_per_matrix.csv", "projection.csv",
                   "activation_mso.csv", "benign_ft.csv")),
-    Stage("08_srr", reads=("02_es2_training",), optional=("04_prompt_attacks",),
+    Stage("08_srr", reads=("01_probing", "02_es2_training"), optional=("04_prompt_attacks",),
           writes=("results.json", "results.csv", "candidates.jsonl")),
     # the figures stage runs last: it reads every other stage's results, those of 07 and 08 too
     Stage("06_figures", optional=("01_probing", "02_es2_training", "03_embedding_attacks", "04_prompt_attacks",

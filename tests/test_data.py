@@ -68,10 +68,20 @@ def test_eval_split_does_not_depend_on_train_sizes(tiny_params):
     assert _splits(p.replace(n_es2_train=20))["harmful"]["eval"] == splits["harmful"]["eval"]
 
 
-def test_splits_are_written_to_the_run_folder(tiny_params):
+def test_splits_read_back_as_written_and_a_wrong_file_is_named(tiny_params, tmp_path):
     splits = _splits(tiny_params.replace(harmless_prompts="xstest_safe"))
-    path = data.write_splits(runs.Run(tiny_params), splits)
-    assert path.name == "splits.json" and runs.read_json(path) == splits
+    path = data.write_splits(tmp_path / "splits.json", splits)
+    assert data.read_splits(path) == splits
+    runs.write_json(tmp_path / "other.json", {"harmful": splits["harmful"]})
+    with pytest.raises(data.DataError, match=r"other\.json: not a splits file.*rerun stage 01_probing"):
+        data.read_splits(tmp_path / "other.json")
+
+
+def test_first_names_the_key_when_the_split_is_too_small():
+    rows = [{"prompt": str(i)} for i in range(3)]
+    assert data.first(rows, 2, "n_attack", "the harmful eval split") == rows[:2]
+    with pytest.raises(data.DataError, match=r"params n_attack=5 but the harmful eval split has 3 prompts"):
+        data.first(rows, 5, "n_attack", "the harmful eval split")
 
 
 def test_user_csv_and_jsonl_load(tmp_path):

@@ -39,7 +39,53 @@ def probe_accuracy(
     return fig
 
 
-def separation_metrics(metrics: Mapping[str, Any], panels: Mapping[str, str],
+def separation_by_layer(curves: Mapping[str, Sequence[float]], es2_layers: Sequence[int] = (),
+                        symlog: Sequence[str] = ()) -> Figure:
+    """One panel per measure of the base model's separation over layers 0..L ({title: [value per layer]}), the
+    ES2 layers as vertical lines; the panels named in `symlog` get a symmetric-log y axis."""
+    fig = Figure(figsize=(4.5 * len(curves), 3.2))
+    for ax, (title, values) in zip(fig.subplots(1, len(curves)), curves.items()):
+        ax.plot(range(len(values)), list(values), marker="o", ms=3, color=MODEL_COLORS["base"])
+        for i, layer in enumerate(es2_layers):
+            ax.axvline(layer, color="tab:purple", ls=":", lw=1.5, label="ES2 layers" if i == 0 else None)
+        ax.set(xlabel="layer (0 = embeddings)", title=title)
+        if title in symlog:
+            ax.set_yscale("symlog", linthresh=1.0)
+    fig.axes[0].legend(fontsize=8)
+    return fig
+
+
+def pca_panels(panels: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[float]]]) -> Figure:
+    """One scatter per panel title of 2-D PCA coordinates: {title: (harmful [n, 2], harmless [n, 2], explained
+    variance ratio of PC1 and PC2)}, as `probes.pca_2d` returns them."""
+    fig = Figure(figsize=(3.3 * len(panels), 3.2))
+    for ax, (title, (harmful, harmless, explained)) in zip(fig.subplots(1, len(panels)), panels.items()):
+        ax.scatter(*harmless.T, s=8, color="tab:green", label="harmless")
+        ax.scatter(*harmful.T, s=8, color="tab:red", label="harmful")
+        ax.set(title=title, xlabel=f"PC1 ({explained[0]:.0%})", ylabel=f"PC2 ({explained[1]:.0%})", xticks=[],
+               yticks=[])
+    fig.axes[0].legend(fontsize=8)
+    return fig
+
+
+def rate_bars(rates: Mapping[str, Mapping[str, float]], ylabel: str, title: str) -> Figure:
+    """One bar per model with its interval: rates = {model: {"value", "low", "high"}} (e.g. the no-attack DSR)."""
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.add_subplot()
+    for i, (model, rate) in enumerate(rates.items()):
+        ax.bar(i, rate["value"], yerr=[[rate["value"] - rate["low"]], [rate["high"] - rate["value"]]], capsize=3,
+               color=MODEL_COLORS[model])
+    ax.set_xticks(range(len(rates)), [model_label(m) for m in rates])
+    ax.set(ylim=(0, 1.05), ylabel=ylabel, title=title)
+    return fig
+
+
+SEPARATION_PANELS = {"centroid distance / base mean norm": "centroid_distance",
+                     "centroid distance / own mean norm": "centroid_distance_own_norm",
+                     "Fisher ratio": "fisher", "held-out probe accuracy": "accuracy"}
+
+
+def separation_metrics(metrics: Mapping[str, Any], panels: Mapping[str, str] = SEPARATION_PANELS,
                        models: Sequence[str] = ("base", "es2")) -> tuple[list[int], dict[str, dict[str, list[float]]]]:
     """The ES2 layers and the input of `separation_before_after` from 02's metrics.json: `panels` maps a panel
     title to a key of its per-model separation (a list over layers 0..L; {"Fisher ratio": "fisher", ...}), read at
