@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from es2_lib import data, models  # noqa: E402
+from es2_lib import data, model_cache, models  # noqa: E402
 from es2_lib.attacks import gcg, prompt_search  # noqa: E402
 
 LOSS_TOLERANCE = 1e-2  # |nanoGCG's best loss - our score of its best suffix| above this voids the comparison
@@ -76,7 +76,7 @@ def parse() -> argparse.Namespace:
 def weights_dir(args: argparse.Namespace, model, tokenizer, tmp: Path) -> Path:
     """A folder with the exact weights `model` has, for nanoGCG to load."""
     if args.model == "embedded":
-        return models.prepare_embedded(progress=False)
+        return model_cache.prepare_embedded(progress=False)
     if Path(args.model).is_dir() and list(Path(args.model).glob("*.safetensors")):
         return Path(args.model)
     model.save_pretrained(tmp)

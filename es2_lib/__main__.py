@@ -2,7 +2,7 @@
 
     python -m es2_lib run params/default.yaml [--publish] [--only STAGE ...] [--force] [-o key=value ...]
     python -m es2_lib resolve params/x.yaml [-o key=value ...] > resolved.yaml   # for papermill -f resolved.yaml
-    python -m es2_lib prepare-model
+    python -m es2_lib prepare-model [--rebuild]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import yaml
 
-from . import models, params, pipeline
+from . import data, model_cache, params, pipeline, runs
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -45,18 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     resolve = sub.add_parser("resolve", help="print a params file fully resolved (base: chain, overrides) as YAML")
     resolve.add_argument("params_file", help="e.g. params/llama2-7b.yaml")
     _overrides(resolve)
-    sub.add_parser("prepare-model", help="assemble, verify and cache the embedded default model")
+    prepare = sub.add_parser("prepare-model", help="assemble, verify and cache the embedded default model")
+    prepare.add_argument("--rebuild", action="store_true", help="build the cache again (e.g. after it was corrupted)")
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare-model":
-            print(models.prepare_embedded())
+            print(model_cache.prepare_embedded(rebuild=args.rebuild))
         else:
             p = params.load(args.params_file, **dict(_override(text) for text in args.override))
             if args.command == "resolve":
                 print(params.to_yaml(p, header=f"{args.params_file} resolved by python -m es2_lib resolve"), end="")
             else:
                 pipeline.run_pipeline(p, only=args.only, force=args.force, publish=args.publish)
-    except (params.ParamsError, models.ModelLoadError, pipeline.StageFailed) as err:
+    except pipeline.StageInterrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # between stages, or while keys are computed: nothing half-written is kept
+        print("stopped; every finished stage is kept: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (params.ParamsError, model_cache.ModelLoadError, data.DataError, pipeline.StageFailed,
+            runs.RunLocked) as err:
         print("".join(f"error: {line}\n" for line in str(err).splitlines()), end="", file=sys.stderr)
         return 1
     return 0

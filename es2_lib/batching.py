@@ -28,6 +28,18 @@ def length_sorted(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def check_fits(lengths: Sequence[int], max_positions: int | None, new_tokens: int = 0) -> None:
+    """A ValueError naming the first text whose `lengths[i]` tokens plus `new_tokens` generated ones exceed the
+    model's `max_positions` (config.max_position_embeddings; None: no limit), instead of a silent overrun."""
+    too_long = [i for i, n in enumerate(lengths) if max_positions is not None and n + new_tokens > max_positions]
+    if too_long:
+        i = too_long[0]
+        raise ValueError(f"{len(too_long)} of {len(lengths)} prompts are too long for the model: prompt {i} has "
+                         f"{lengths[i]} tokens (chat template included){f' + {new_tokens} new' if new_tokens else ''}"
+                         f", the model takes {max_positions} positions (max_position_embeddings); shorten or drop "
+                         f"such prompts from the prompt set")
+
+
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows padded on the left to one width: (input_ids, attention_mask), both [batch, width]."""
     width = max(len(row) for row in rows)

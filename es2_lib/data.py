@@ -72,6 +72,17 @@ def load_prompts(source: str) -> list[dict]:
     return _rows(_load_table(path, USER_SUFFIXES[path.suffix.lower()], columns), columns, path)
 
 
+def prompt_file(source: str) -> Path | None:
+    """The user file a prompt source reads (None for a bundled set, whose file is below data/); a DataError when
+    it does not exist."""
+    return None if source in BUNDLED else _user_path(source)
+
+
+def refusal_file(path: str) -> Path:
+    """The refusal examples file of `es2_refusal_data` (a relative path is below data/)."""
+    return Path(path) if Path(path).is_absolute() else DATA_DIR / path
+
+
 def _user_path(source: str) -> Path:
     path = Path(source).expanduser()
     if path.suffix.lower() not in USER_SUFFIXES and "/" not in source and not path.exists():
@@ -89,13 +100,16 @@ def _user_path(source: str) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Hide datasets' per-file progress bars (they would clutter published notebooks)."""
-    was_disabled = datasets.utils.are_progress_bars_disabled()
+def _local_and_quiet() -> Iterator[None]:
+    """Read a local file with `datasets` without its per-file progress bars (they would clutter published
+    notebooks) and without the download-count request it sends for every load unless the hub is offline."""
+    was_disabled, counts = datasets.utils.are_progress_bars_disabled(), datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
     datasets.disable_progress_bars()
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
     try:
         yield
     finally:
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = counts
         if not was_disabled:
             datasets.enable_progress_bars()
 
@@ -104,7 +118,7 @@ def _load_table(path: Path, builder: str, columns: dict[str, str], extra: tuple[
     """The records of a local file (its `columns` and `extra` columns) via `datasets`, with a throwaway cache."""
     options = {"keep_default_na": False} if builder == "csv" else {}  # keep "NA"/"None" prompts as text
     try:
-        with _quiet(), tempfile.TemporaryDirectory(prefix="es2-datasets-") as cache:
+        with _local_and_quiet(), tempfile.TemporaryDirectory(prefix="es2-datasets-") as cache:
             table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache, **options)
             _require_prompt_column(path, table.column_names, columns)
             wanted = [c for c in table.column_names if c in columns or c in extra]
@@ -294,8 +308,7 @@ def load_pairs(name: str) -> list[dict]:
 def load_refusals(path: str, limit: int | None = None) -> list[tuple[str, str]]:
     """(instruction, response) pairs of a JSON list of {instruction, input, output} (relative paths are below
     data/) whose response the paper's keyword judge counts as a refusal."""
-    file = Path(path) if Path(path).is_absolute() else DATA_DIR / path
-    rows = json.loads(file.read_text(encoding="utf-8"))
+    rows = json.loads(refusal_file(path).read_text(encoding="utf-8"))
     pairs = [("\n\n".join(filter(None, [r["instruction"], r.get("input", "")])), r["output"]) for r in rows]
     return [pair for pair in pairs if judges.is_refusal(pair[1])][:limit]
 

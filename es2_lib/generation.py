@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from es2_lib.batching import length_sorted
+from es2_lib.batching import check_fits, length_sorted
 from es2_lib.hooks import position_ids
 from es2_lib.models import chat_prompt, decoder_and_head
 from es2_lib.progress import progress as progress_bar
@@ -49,6 +49,7 @@ def generate(
         raise ValueError("generate needs a left-padded tokenizer (models.load_model returns one)")
     texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=not chat)["input_ids"]] if texts else []
+    check_fits(lengths, getattr(model.config, "max_position_embeddings", None), max_new_tokens)
     batches = length_sorted(lengths, batch_size)  # longest first: memory errors show at once
     responses: list[str] = [""] * (len(texts) * n)
     logprobs: list[list[float]] = [[] for _ in responses]

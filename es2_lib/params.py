@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import ValidationError
 
-from .schema import CrossFieldError, Params
+from .schema import PATTERN_WORDS, CrossFieldError, Params
 
 __all__ = ["Params", "ParamsError", "load", "read_file", "from_mapping", "from_namespace", "override_label", "to_yaml",
            "yaml_problem", "expects"]
@@ -95,6 +95,8 @@ def _message(error: dict, values: Mapping[str, Any], sources: Mapping[str, str],
     got = f"{value!r}" if error["type"] in RANGE_ERRORS else f"{type(value).__name__} {value!r}"
     if error["type"] == "value_error":  # a field_validator's own words
         return f"{where}: key {key!r} {error['ctx']['error']}, got {got}"
+    if error["type"] == "string_pattern_mismatch":
+        return f"{where}: key {key!r} expects {PATTERN_WORDS[error['ctx']['pattern']]}, got {value!r}"
     return f"{where}: key {key!r} expects {expects(key)}, got {got}"
 
 
@@ -175,10 +177,16 @@ def override_label(key: str, value: Any) -> str:
 
 
 def load(path: str | Path, **overrides: Any) -> Params:
-    """Load a YAML params file (following its `base:` chain) and apply keyword overrides on top."""
+    """Load a YAML params file (following its `base:` chain) and apply keyword overrides on top; the file (or an
+    override) must set `name` itself, so that no file writes into another run's folder by inheritance."""
     values, sources = read_file(path)
     sources |= {key: override_label(key, value) for key, value in overrides.items()}
-    return _validate({**values, **overrides}, sources, str(path))
+    p = _validate({**values, **overrides}, sources, str(path))
+    if sources.get("name") not in (str(path), override_label("name", p.name)):
+        inherited = f" of its own (it would inherit {p.name!r} from {sources['name']})" if "name" in sources else ""
+        raise ParamsError(f"{path}: sets no 'name'{inherited}; every run needs its own folder runs/<name>/: add "
+                          f"`name: <run name>` or override -o name=<run name>")
+    return p
 
 
 def to_yaml(p: Params, header: str = "") -> str:

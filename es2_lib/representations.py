@@ -54,6 +54,7 @@ def last_token_states(
     device = model.get_input_embeddings().weight.device
     texts = _texts(tokenizer, prompts, responses)
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    batching.check_fits(lengths, getattr(model.config, "max_position_embeddings", None))
     batches = batching.length_sorted(lengths, batch_size)  # longest first: memory peaks early
     states = torch.empty(len(prompts), len(layers), model.config.hidden_size)  # [n, layers, hidden]
     with torch.inference_mode():

@@ -1,16 +1,17 @@
-"""Run folders: one per params file, with a manifest, atomic writes and the stage-skip rule (docs/architecture.md,
+"""Run folders: one per params file, with a manifest, a lock, atomic writes and content hashes (docs/architecture.md,
 "Pipeline").
 
 `runs/<name>/` (moved by $ES2_RUNS_DIR; published figures go to `figures/<name>/`, moved by $ES2_FIGURES_DIR)
-holds every stage's outputs and `manifest.json`: the params, package versions, git SHA, device, seed, and per
-stage its input key and wall time. Every file is written under a temporary name and renamed, so a crash never
-leaves a half-written result. A stage whose key (the hash of its params and inputs) equals the recorded one is
-current and can be skipped.
+holds every stage's outputs and `manifest.json`: package versions, git SHA and hardware, and per stage its input
+key, status, wall time and the params it ran with. Every file is written under a temporary name and renamed, so a
+crash never leaves a half-written result; a lock keeps a second pipeline out of a run folder in use. The pipeline
+compares a stage's key (`stage_key`: the hash of its params and inputs) with the recorded one to skip it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +42,12 @@ def figures_root() -> Path:
     return Path(os.environ.get("ES2_FIGURES_DIR", ROOT / "figures")).expanduser()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -50,6 +57,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result gets the mode any new file would get
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -120,14 +128,41 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
+def _hash_cache_path() -> Path:
+    return runs_root() / ".file_hashes.json"
+
+
+def file_digest(path: Path, cache: dict[str, list] | None = None) -> str:
+    """sha256 of a file's bytes; with `cache` ({absolute path: [size, mtime_ns, sha256]}) a file whose size and
+    mtime are unchanged is not read again."""
+    stat = path.stat()
+    key, seen = str(path.resolve()), (cache or {}).get(str(path.resolve()))
+    if seen and seen[:2] == [stat.st_size, stat.st_mtime_ns]:
+        return seen[2]
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if cache is not None:
+        cache[key] = [stat.st_size, stat.st_mtime_ns, digest]
+    return digest
+
+
 def hash_files(paths: list[Path]) -> str:
-    """sha256 over the names and bytes of files (folders: every file below, sorted)."""
+    """sha256 over the names and contents of files (folders: every file below, sorted); a file's content hash
+    is read again only when its size or mtime changed (cached in the runs folder's .file_hashes.json)."""
+    cache_path = _hash_cache_path()
+    try:
+        cache = read_json(cache_path) if cache_path.is_file() else {}
+    except json.JSONDecodeError:  # a damaged cache costs one full read, nothing else
+        cache = {}
+    before = dict(cache)
     digest = hashlib.sha256()
     for path in sorted(Path(p) for p in paths):
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
             digest.update(str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f.name).encode())
-            digest.update(f.read_bytes())
+            digest.update(file_digest(f, cache).encode())
+    if cache != before:
+        write_json(cache_path, cache)
     return digest.hexdigest()
 
 
@@ -163,6 +198,10 @@ def environment() -> dict[str, Any]:
     }
 
 
+class RunLocked(RuntimeError):
+    """Another process holds the run folder."""
+
+
 class Run:
     """The run folder of one params file and its manifest."""
 
@@ -187,18 +226,40 @@ class Run:
         manifest.update(fields)
         write_json(self.manifest_path, manifest)
 
-    def is_current(self, stage: str, key: str) -> bool:
-        """True when the stage finished before with the same key (its params and inputs unchanged)."""
-        done = self.manifest()["stages"].get(stage, {})
-        return done.get("status") == "done" and done.get("key") == key
-
-    def record_stage(self, stage: str, key: str, wall_s: float, status: str = "done", **extra: Any) -> None:
-        """Record a stage's outcome with the run's full params, seed, device and environment (the pipeline
-        calls this; notebooks only see the params they declare)."""
+    def record_stage(self, stage: str, key: str, wall_s: float, status: str = "done",
+                     params: dict[str, Any] | None = None, **extra: Any) -> None:
+        """Record a stage's outcome: its key, status, wall time and the params it was run with (the keys its
+        notebook declares), with the environment (the pipeline calls this; notebooks only see their params)."""
         stages = self.manifest()["stages"]
-        stages[stage] = {"key": key, "status": status, "wall_s": round(wall_s, 2), "finished": time.time(), **extra}
-        self._update(stages=stages, params=self.params.to_dict(), seed=self.params.seed, device=self.params.device,
-                     environment=environment())
+        stages[stage] = {"key": key, "status": status, "wall_s": round(wall_s, 2), "finished": time.time(),
+                         "params": params if params is not None else stages.get(stage, {}).get("params", {}),
+                         **extra}
+        self._update(stages=stages, environment=environment())
+
+    def stage_params(self, stage: str) -> dict[str, Any]:
+        """The params stage `stage` last ran with ({} when it has not run through the pipeline)."""
+        return self.manifest()["stages"].get(stage, {}).get("params", {})
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run folder for one process: a second pipeline on the same run name is refused with a
+        message naming the holder (an advisory lock on .lock, released when the process ends, even by a crash)."""
+        with open(self.dir / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise RunLocked(f"run {self.params.name!r} ({self.dir}) is in use by another pipeline "
+                                f"({f.read().strip() or 'holder unknown'}); wait for it to finish, or give this "
+                                f"run another name (-o name=...)") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {platform.node()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def record(self, section: str, values: dict[str, Any]) -> None:
         """Store a stage's notable choices (e.g. the chosen layers) in the manifest."""

@@ -14,6 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 Fraction = Annotated[float, Field(gt=0, le=1)]  # a share of a rank, of an energy or of the depth L
 Depth = Annotated[float, Field(ge=0, le=1)]  # a position in the layer stack as a fraction of the depth L
 SrrSource = Literal["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a run name is one folder name: no separators, no "..", not empty
+DEVICE_PATTERN = r"^(cpu|auto|cuda|cuda:[0-9]+|mps)$"
+PATTERN_WORDS = {  # what each pattern accepts, in words (for the error messages of params.py)
+    NAME_PATTERN: "a folder name of letters, digits, '_', '.' and '-' that starts with a letter or digit",
+    DEVICE_PATTERN: "'cpu', 'cuda', 'cuda:N', 'auto' or 'mps'",
+}
 
 
 class CrossFieldError(ValueError):
@@ -39,11 +45,15 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 
     # --- run and model ---------------------------------------------------------------------------------------
-    name: str = Field("default", description="run name: results in runs/<name>/, figures in figures/<name>/")
+    name: str = Field("default", pattern=NAME_PATTERN, max_length=100,
+                      description="run name: results in runs/<name>/, figures in figures/<name>/")
     model: str = Field(
         "embedded", description='"embedded", "tiny", "random:<dir with config.json>", a local folder or a hub id')
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and compute dtype")
-    device: str = Field("cpu", description='"cpu", "cuda", "cuda:N" or "auto" (cuda when available)')
+    device: str = Field("cpu", pattern=DEVICE_PATTERN,
+                        description='"cpu", "cuda", "cuda:N" or "auto" (cuda when available)')
+    allow_hub: bool = Field(False, description="let stages reach the Hugging Face hub (a hub model id not yet in the "
+                            "local cache); off: the pipeline sets every offline switch")
     seed: int = Field(0, description="one seed for python, numpy and torch")
     batch_size: int = Field(8, ge=1, description="prompts per forward pass or generation batch")
     max_new_tokens: int = Field(48, ge=1, description="greedy response length used for judging")

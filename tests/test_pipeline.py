@@ -9,9 +9,11 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+import papermill
 import pytest
 
-from es2_lib import params, pipeline, runs, stages
+from es2_lib import __main__ as cli
+from es2_lib import data, params, pipeline, runs, stages
 from es2_lib.results import read_attack_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +87,116 @@ def test_failing_stage_is_named_kept_and_resumed(fake_stages):
     assert pipeline.run_pipeline(p) == {"01_a": "skipped", "02_b": "ran"}
 
 
+def _ran(outcome: dict) -> list[str]:
+    return [name for name, what in outcome.items() if what == "ran"]
+
+
+def test_an_edited_user_prompt_file_reruns_its_stage_and_its_dependants(fake_stages, tmp_path):
+    nbdir, _ = fake_stages
+    _notebook(nbdir / "01_a.ipynb", "print('ok')", declares='harmful_prompts: str = "advbench"  # set')
+    prompts = tmp_path / "mine.csv"
+    prompts.write_text("prompt\nfirst\n")
+    p = params.from_mapping({"name": "t", "model": "tiny", "harmful_prompts": str(prompts)})
+    assert _ran(pipeline.run_pipeline(p)) == ["01_a", "02_b"]
+    assert _ran(pipeline.run_pipeline(p)) == []
+    prompts.write_text("prompt\nsecond\n")  # edited in place, same name and size
+    assert _ran(pipeline.run_pipeline(p)) == ["01_a", "02_b"]
+    prompts.unlink()
+    with pytest.raises(data.DataError, match="mine.csv: prompt file not found"):
+        pipeline.run_pipeline(p)
+
+
+def test_a_local_model_folder_is_part_of_the_key(fake_stages, tmp_path):
+    nbdir, _ = fake_stages
+    _notebook(nbdir / "01_a.ipynb", "print('ok')", declares='model: str = "embedded"  # set')
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    p = params.from_mapping({"name": "t", "model": f"random:{folder}"})
+    assert _ran(pipeline.run_pipeline(p)) == ["01_a", "02_b"]
+    (folder / "config.json").write_text('{"hidden_size": 8}')
+    assert _ran(pipeline.run_pipeline(p)) == ["01_a", "02_b"]
+
+
+def test_a_deleted_output_reruns_its_stage(fake_stages):
+    nbdir, _ = fake_stages
+    stages.STAGES["01_a"] = stages.Stage("01_a", writes=("out.txt",))
+    _notebook(nbdir / "01_a.ipynb", "from es2_lib import params, runs\n"
+              "(runs.Run(params.from_mapping({'name': name})).dir / '01_a').mkdir(exist_ok=True)\n"
+              "(runs.Run(params.from_mapping({'name': name})).dir / '01_a' / 'out.txt').write_text('x')")
+    p = params.from_mapping({"name": "t", "model": "tiny"})
+    pipeline.run_pipeline(p)
+    (runs.Run(p).dir / "01_a" / "out.txt").unlink()
+    assert _ran(pipeline.run_pipeline(p)) == ["01_a", "02_b"]
+
+
+def test_only_reruns_the_stale_upstream_it_needs_first(fake_stages, capsys):
+    """`--only 02_b` after n_eval changed: 01_a (stale) runs first, then 02_b; the manifest keeps each stage's
+    own params. A stage left `running` (killed) is stale too."""
+    p = params.from_mapping({"name": "t", "model": "tiny"})
+    pipeline.run_pipeline(p)
+    assert _ran(pipeline.run_pipeline(p.replace(n_eval=30), only=["02_b"])) == ["01_a", "02_b"]
+    assert "[01_a] running (stage 1 of 2): its inputs changed, and 02_b needs it" in capsys.readouterr().out
+    run = runs.Run(p)
+    assert run.stage_params("01_a") == {"name": "t", "n_eval": 30}
+    run.record_stage("01_a", run.manifest()["stages"]["01_a"]["key"], 0.0, status="running")  # as after kill -9
+    assert _ran(pipeline.run_pipeline(p.replace(n_eval=30), only=["02_b"])) == ["01_a", "02_b"]  # 01_a's new run
+    assert pipeline.run_pipeline(p.replace(n_eval=30), only=["02_b"]) == {"02_b": "skipped"}
+
+
+def test_only_reruns_a_stale_optional_upstream_that_has_run(fake_stages):
+    """The figures stage reads the others as optional: one that has run must be current before it draws."""
+    nbdir, _ = fake_stages
+    _notebook(nbdir / "03_fig.ipynb", "print('drawn')", declares="")
+    stages.STAGES["03_fig"] = stages.Stage("03_fig", optional=("01_a", "02_b"))
+    p = params.from_mapping({"name": "t", "model": "tiny"})
+    pipeline.run_pipeline(p, only=["01_a"])
+    assert _ran(pipeline.run_pipeline(p, only=["03_fig"])) == ["03_fig"]  # 02_b never ran: not needed
+    assert _ran(pipeline.run_pipeline(p.replace(n_eval=31), only=["03_fig"])) == ["01_a", "03_fig"]
+
+
+def test_a_second_pipeline_on_the_same_run_is_refused(fake_stages):
+    p = params.from_mapping({"name": "t", "model": "tiny"})
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               f"f = open({str(runs.Run(p).dir / '.lock')!r}, 'a+')\n"
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write('pid held by test'); f.flush()\n"
+                               "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.RunLocked, match=r"run 't' .* is in use by another pipeline \(pid held by test\)"):
+            pipeline.run_pipeline(p)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _ran(pipeline.run_pipeline(p)) == ["01_a", "02_b"]
+
+
+def test_ctrl_c_names_the_stage_and_the_rerun_resumes_there(fake_stages, monkeypatch, capsys):
+    p = params.from_mapping({"name": "t", "model": "tiny"})
+    pipeline.run_pipeline(p, only=["01_a"])
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(papermill, "execute_notebook", interrupt)
+        with pytest.raises(pipeline.StageInterrupted, match=r"interrupted in stage 02_b .* resume at 02_b"):
+            pipeline.run_pipeline(p)
+        patched.setattr(pipeline, "run_pipeline", interrupt)
+        assert cli.main(["run", str(ROOT / "params" / "smoke.yaml")]) == 130
+    assert "every finished stage is kept" in capsys.readouterr().err
+    assert runs.Run(p).manifest()["stages"]["02_b"]["status"] == "interrupted"
+    assert _ran(pipeline.run_pipeline(p)) == ["02_b"]
+
+
+def test_the_network_guard_refuses_and_records_a_request(tmp_path):
+    """The guard of the end-to-end test can fail: a lookup of a hub host is refused and logged."""
+    env = {**os.environ, "ES2_NET_LOG": str(tmp_path / "network.log"), "PYTHONPATH": str(ROOT / "tests" / "net_guard")}
+    code = "import socket\ntry: socket.getaddrinfo('huggingface.co', 443)\nexcept OSError: print('refused')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "refused" and "getaddrinfo huggingface.co" in (tmp_path / "network.log").read_text()
+
+
 def test_published_notebook_is_clean_and_does_not_change_the_key(fake_stages):
     nbdir, _ = fake_stages
     p = params.from_mapping({"name": "t", "model": "tiny"})
@@ -144,12 +256,16 @@ def test_every_notebook_declares_only_params_keys():
 
 
 def test_smoke_pipeline_end_to_end(tmp_path):
-    """Every notebook on params/smoke.yaml through the README/Docker entry command; then a rerun skips all."""
-    env = {**os.environ, "ES2_RUNS_DIR": str(tmp_path / "runs"), "ES2_FIGURES_DIR": str(tmp_path / "figures"),
-           "HF_HUB_OFFLINE": "1"}
+    """Every notebook on params/smoke.yaml through the README/Docker entry command, with no offline switch set by
+    the caller and every request off the machine refused and logged (tests/net_guard); then a rerun skips all."""
+    env = {k: v for k, v in os.environ.items() if k not in pipeline.OFFLINE} | {
+        "ES2_RUNS_DIR": str(tmp_path / "runs"), "ES2_FIGURES_DIR": str(tmp_path / "figures"),
+        "ES2_NET_LOG": str(tmp_path / "network.log"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "net_guard"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "es2_lib", "run", str(ROOT / "params" / "smoke.yaml")]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert not (tmp_path / "network.log").exists(), (tmp_path / "network.log").read_text()
     run_dir = tmp_path / "runs" / "smoke"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     names = list(stages.STAGES)

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -28,31 +30,49 @@ def test_json_jsonl_and_tensors_round_trip(tmp_path):
     assert runs.read_result(tmp_path / "absent.json") is None  # a stage that has not run
 
 
-def test_manifest_and_stage_skip_rule(tiny_params):
+def test_manifest_records_each_stage_with_its_own_params(tiny_params):
     run = runs.Run(tiny_params)
-    key = runs.stage_key({"n_eval": 4}, ["abc"])
-    assert not run.is_current("01_probing", key)
-    run.record_stage("01_probing", key, wall_s=1.5)
-    assert run.is_current("01_probing", key)
-    assert not run.is_current("01_probing", runs.stage_key({"n_eval": 5}, ["abc"]))
-    assert not run.is_current("01_probing", runs.stage_key({"n_eval": 4}, ["abd"]))
+    run.record_stage("01_probing", "k1", wall_s=1.5, params={"n_eval": 4})
+    run.record_stage("02_es2_training", "k2", wall_s=2.0, status="failed", params={"n_eval": 5})
+    run.record_stage("02_es2_training", "k2", wall_s=3.0)  # a record without params keeps the stage's last ones
     manifest = json.loads((run.dir / "manifest.json").read_text())
-    assert manifest["params"]["name"] == "test" and manifest["seed"] == tiny_params.seed
-    assert manifest["environment"]["packages"]["torch"].startswith("2.13")
-    assert manifest["stages"]["01_probing"]["wall_s"] == 1.5
+    assert "params" not in manifest and manifest["environment"]["packages"]["torch"].startswith("2.13")
+    assert manifest["stages"]["01_probing"] | {"finished": 0} == {"key": "k1", "status": "done", "wall_s": 1.5,
+                                                                  "finished": 0, "params": {"n_eval": 4}}
+    assert run.stage_params("02_es2_training") == {"n_eval": 5} and run.stage_params("03_x") == {}
 
 
-def test_failed_stage_is_not_current(tiny_params):
+def test_results_are_written_with_the_normal_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        runs.write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
+
+
+def test_a_second_holder_of_a_run_folder_is_refused(tiny_params):
     run = runs.Run(tiny_params)
-    run.record_stage("02", "k", wall_s=1.0, status="failed")
-    assert not run.is_current("02", "k")
+    with run.lock():
+        with pytest.raises(runs.RunLocked, match=rf"run 'test' .* is in use by another pipeline \(pid {os.getpid()}"):
+            with runs.Run(tiny_params).lock():
+                pass
+    with run.lock():  # released
+        pass
 
 
-def test_hash_files_changes_with_content(tmp_path):
-    (tmp_path / "a.txt").write_text("1")
-    before = runs.hash_files([tmp_path])
-    (tmp_path / "a.txt").write_text("2")
-    assert runs.hash_files([tmp_path]) != before
+def test_hash_files_changes_with_content_and_caches_by_size_and_mtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("ES2_RUNS_DIR", str(tmp_path / "runs"))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("1")
+    before = runs.hash_files([tmp_path / "d"])
+    cache = runs.read_json(tmp_path / "runs" / ".file_hashes.json")
+    assert list(cache) == [str((tmp_path / "d" / "a.txt").resolve())]
+    assert runs.hash_files([tmp_path / "d"]) == before
+    mtime = (tmp_path / "d" / "a.txt").stat().st_mtime_ns
+    (tmp_path / "d" / "a.txt").write_text("2")  # same size, a later mtime (set: file systems tick in ms): read again
+    os.utime(tmp_path / "d" / "a.txt", ns=(mtime + 10**7, mtime + 10**7))
+    assert runs.hash_files([tmp_path / "d"]) != before
 
 
 def test_atomic_dir_keeps_the_old_folder_when_the_block_fails(tmp_path):

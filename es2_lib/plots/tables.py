@@ -81,6 +81,13 @@ def setting_cell(entry: AttackEntry | None) -> str:
     return entry.setting + (" (every setting mostly incoherent)" if flag else "")
 
 
+def shared_confidence(run: runs.Run, reported: Sequence[Reported]) -> float | None:
+    """The confidence level the stages behind `reported` ran with (from the manifest), None when they differ
+    or were run by hand."""
+    levels = {run.stage_params(r.stage).get("confidence") for r in reported}
+    return levels.pop() if len(levels) == 1 else None
+
+
 def dsr_note(reported: Sequence[Reported], not_run: Sequence[str], confidence: float | None = None) -> str:
     """The caption of Table 1: what each column is, the number of prompts, and which of its sources (stages)
     have not run."""
