@@ -2,7 +2,7 @@
 'Layers of the library').
 
 `load_prompts` reads a bundled set from `data/` (AdvBench, Alpaca, MaliciousInstruct, XSTest) or a user's CSV
-or JSON Lines file with a `prompt` column, through the `datasets` library. `make_splits` draws seeded,
+or JSON Lines file with a `prompt` column (read by local_tables.py). `make_splits` draws seeded,
 disjoint splits of harmful and harmless prompts; stage 01 writes them (`write_splits`) and every later stage
 reads them (`read_splits`), so all stages use the same ones. `load_refusals` and `load_pairs` read the
 (instruction, response) pairs that ES2's refusal retain term (paper Section 3) and the safety-subspace
@@ -11,28 +11,17 @@ fine-tunes train on. Any malformed input raises `DataError` naming the file, the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-import datasets
 
 from . import judges
+from .local_tables import USER_SUFFIXES, DataError, checked_rows, load_table
 from .runs import read_json, write_json
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 SPLITS = ("probe_train", "es2_train", "eval")  # the splits of each class, in make_splits' order of keys
-
-USER_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json"}  # user file suffix -> datasets builder
-
-
-class DataError(ValueError):
-    """A prompt set is missing or malformed, or too small for the requested splits."""
-
 
 @dataclass(frozen=True)
 class _Bundled:
@@ -62,14 +51,14 @@ def load_prompts(source: str) -> list[dict]:
         spec = BUNDLED[source]
         path = DATA_DIR / spec.file
         builder = spec.builder or USER_SUFFIXES[path.suffix]
-        table = _load_table(path, builder, spec.columns, extra=spec.keep[:1] if spec.keep else ())
+        table = load_table(path, builder, spec.columns, extra=spec.keep[:1] if spec.keep else ())
         if spec.keep:
             column, value = spec.keep
             table = [row for row in table if row[column] == value]
-        return _rows(table, spec.columns, path)
+        return checked_rows(table, spec.columns, path)
     path = _user_path(source)
     columns = {"prompt": "prompt", "target": "target"}
-    return _rows(_load_table(path, USER_SUFFIXES[path.suffix.lower()], columns), columns, path)
+    return checked_rows(load_table(path, USER_SUFFIXES[path.suffix.lower()], columns), columns, path)
 
 
 def prompt_file(source: str) -> Path | None:
@@ -97,106 +86,6 @@ def _user_path(source: str) -> Path:
     if path.suffix.lower() not in USER_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .jsonl or .json")
     return path
-
-
-@contextlib.contextmanager
-def _local_and_quiet() -> Iterator[None]:
-    """Read a local file with `datasets` without its per-file progress bars (they would clutter published
-    notebooks) and without the download-count request it sends for every load unless the hub is offline."""
-    was_disabled, counts = datasets.utils.are_progress_bars_disabled(), datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
-    datasets.disable_progress_bars()
-    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
-    try:
-        yield
-    finally:
-        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = counts
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
-def _load_table(path: Path, builder: str, columns: dict[str, str], extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """The records of a local file (its `columns` and `extra` columns) via `datasets`, with a throwaway cache."""
-    options = {"keep_default_na": False} if builder == "csv" else {}  # keep "NA"/"None" prompts as text
-    try:
-        with _local_and_quiet(), tempfile.TemporaryDirectory(prefix="es2-datasets-") as cache:
-            table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache, **options)
-            _require_prompt_column(path, table.column_names, columns)
-            wanted = [c for c in table.column_names if c in columns or c in extra]
-            return table.select_columns(wanted).to_list()
-    except DataError:
-        raise
-    except Exception as err:  # datasets wraps pandas/pyarrow parse errors in several exception types
-        if builder == "json":
-            _explain_json(path, columns)
-        cause = err.__cause__ or err
-        raise DataError(f"{path}: could not be read as {builder.upper()} ({cause})") from err
-
-
-def _require_prompt_column(path: Path, found: list[str], columns: dict[str, str]) -> None:
-    prompt_column = next(c for c, key in columns.items() if key == "prompt")
-    if prompt_column not in found:
-        raise DataError(
-            f"{path}: no {prompt_column!r} column (found: {', '.join(found) or 'none'}); "
-            f"expected a {prompt_column!r} column with one prompt per row"
-        )
-
-
-def _explain_json(path: Path, columns: dict[str, str]) -> None:
-    """Find why `datasets` failed on a JSON(L) file: the first bad line, or a bad value in some row."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})") from err
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from err
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {number}: not valid JSON ({err.msg}); "
-                                f"expected one JSON object per line") from err
-    for row, record in enumerate(records, 1):
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: {_where(path, row)}: expected a JSON object, got {type(record).__name__}")
-    found = sorted({key for record in records for key in record})
-    _require_prompt_column(path, found, columns)
-    _rows([{c: r.get(c) for c in columns} for r in records], columns, path)
-
-
-def _rows(table: list[dict[str, Any]], columns: dict[str, str], path: Path) -> list[dict]:
-    """Rename columns to row keys and check every value: prompts non-empty strings, others strings."""
-    rows = []
-    for number, record in enumerate(table, 1):
-        row = {}
-        for column, key in columns.items():
-            value = record.get(column)
-            if key == "prompt" and not (isinstance(value, str) and value.strip()):
-                raise DataError(f"{path}: {_where(path, number)}: expected a non-empty string in column "
-                                f"{column!r}, got {value!r}")
-            if value is None or value == "":
-                continue
-            if not isinstance(value, str):
-                raise DataError(f"{path}: {_where(path, number)}: expected a string in column {column!r}, "
-                                f"got {type(value).__name__} {value!r}")
-            row[key] = value
-        rows.append(row)
-    return rows
-
-
-def _where(path: Path, row: int) -> str:
-    """'row N' (1-based data row), with the line number for JSON Lines files, whose blank lines are skipped."""
-    if path.suffix.lower() == ".jsonl":
-        lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-        if row <= len(lines):
-            return f"row {row} (line {lines[row - 1]})"
-    return f"row {row}"
 
 
 def _key(prompt: str) -> str:
@@ -296,11 +185,11 @@ def load_pairs(name: str) -> list[dict]:
     file, which = PAIRS[name]
     path = DATA_DIR / file
     if which is None:
-        table = _load_table(path, "json", {"instruction": "prompt", "input": "input", "output": "response"})
+        table = load_table(path, "json", {"instruction": "prompt", "input": "input", "output": "response"})
         pairs = [{"prompt": "\n\n".join(filter(None, [r["instruction"].strip(), (r.get("input") or "").strip()])),
                   "response": r["output"]} for r in table]
     else:
-        table = _load_table(path, "json", {"prompt": "prompt", "responses": "responses"})
+        table = load_table(path, "json", {"prompt": "prompt", "responses": "responses"})
         pairs = [{"prompt": _strip_frame(r["prompt"]), "response": r["responses"][which]} for r in table]
     return [pair for pair in pairs if pair["prompt"] and (pair["response"] or "").strip()]  # 2 Code Alpaca outputs are empty
 
