@@ -15,14 +15,19 @@ the cleaned executed notebooks over notebooks/ for GitHub readers.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import nbformat
 import papermill
+import psutil
 
 from . import data, models, runs, stages
 from .params import Params
@@ -232,8 +237,9 @@ def _execute(run: runs.Run, name: str, key: str, declared: dict, publish: bool) 
     run.record_stage(name, key, wall_s=0.0, status="running", params=declared)
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(str(notebook), str(out), parameters=declared, cwd=str(notebook.parent),
-                                   progress_bar=False, log_output=False, kernel_name="python3")
+        with _ctrl_c_reaches_the_kernel():
+            papermill.execute_notebook(str(notebook), str(out), parameters=declared, cwd=str(notebook.parent),
+                                       progress_bar=False, log_output=False, kernel_name="python3")
     except KeyboardInterrupt:
         _interrupted(run, name, key, declared, time.perf_counter() - start, out)
     except papermill.PapermillExecutionError as err:
@@ -248,6 +254,27 @@ def _execute(run: runs.Run, name: str, key: str, declared: dict, publish: bool) 
         notebook.write_bytes(out.read_bytes())
     run.record_stage(name, key, wall, params=declared)
     return wall
+
+
+@contextlib.contextmanager
+def _ctrl_c_reaches_the_kernel() -> Iterator[None]:
+    """While a stage runs, Ctrl-C interrupts its kernel (which runs in a session of its own): the cell stops
+    with KeyboardInterrupt and papermill shuts the kernel down cleanly. A second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def forward(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, previous)
+        for child in psutil.Process().children():
+            child.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _interrupted(run: runs.Run, name: str, key: str, declared: dict, wall: float, out: Path) -> None:

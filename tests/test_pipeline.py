@@ -3,8 +3,10 @@ the whole pipeline on params/smoke.yaml through the same entry command as README
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -189,6 +191,36 @@ def test_ctrl_c_names_the_stage_and_the_rerun_resumes_there(fake_stages, monkeyp
     assert _ran(pipeline.run_pipeline(p)) == ["02_b"]
 
 
+def test_a_real_ctrl_c_stops_the_kernel_cleanly(tmp_path):
+    """SIGINT to the pipeline's process group, as a terminal sends it, while a stage's cell runs: the kernel's
+    cell is interrupted, the pipeline exits 130 naming the stage, and no traceback reaches the terminal."""
+    started = tmp_path / "started"
+    _notebook(tmp_path / "01_slow.ipynb",
+              f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(120)")
+    script = (f"from es2_lib import __main__ as cli, stages\n"
+              f"stages.STAGES = {{'01_slow': stages.Stage('01_slow')}}\n"
+              f"folder = __import__('pathlib').Path({str(tmp_path)!r})\n"
+              f"stages.Stage.notebook = property(lambda s: folder / f'{{s.name}}.ipynb')\n"
+              f"raise SystemExit(cli.main(['run', {str(ROOT / 'params' / 'smoke.yaml')!r}]))")
+    env = {**os.environ, "ES2_RUNS_DIR": str(tmp_path / "runs"), "ES2_FIGURES_DIR": str(tmp_path / "figures")}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        for _ in range(600):
+            if started.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "stopped: interrupted in stage 01_slow" in err and "resume at 01_slow" in err
+    assert "Traceback" not in err
+    assert json.loads((tmp_path / "runs" / "smoke" / "manifest.json").read_text())["stages"]["01_slow"]["status"] == \
+        "interrupted"
+
+
 def test_the_network_guard_refuses_and_records_a_request(tmp_path):
     """The guard of the end-to-end test can fail: a lookup of a hub host is refused and logged."""
     env = {**os.environ, "ES2_NET_LOG": str(tmp_path / "network.log"), "PYTHONPATH": str(ROOT / "tests" / "net_guard")}
@@ -261,7 +293,8 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in pipeline.OFFLINE} | {
         "ES2_RUNS_DIR": str(tmp_path / "runs"), "ES2_FIGURES_DIR": str(tmp_path / "figures"),
         "ES2_NET_LOG": str(tmp_path / "network.log"),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "net_guard"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "net_guard"),
+                                       *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "es2_lib", "run", str(ROOT / "params" / "smoke.yaml")]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
