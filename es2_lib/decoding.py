@@ -1,0 +1,130 @@
+"""Greedy decoding with continuous batching: a row leaves the batch as soon as its answer is known (EOS, its token
+budget, or a caller's stop rule such as a verdict that can no longer change) and a waiting prompt takes its place,
+so no forward is spent on finished rows (docs/architecture.md, "Speed").
+
+The batch shares one left-padded KV cache (`DynamicCache`): a joining prompt is prefilled on its own and its cache
+is padded on the left to the batch's length (or the batch's to its), a leaving row is dropped from every layer,
+and columns that only padding uses any more are cut. Positions count real tokens only (`hooks.position_ids`), so a
+row decodes as it would alone, up to floating-point differences of the batch shape. Works on plain and
+peft-wrapped causal language models and with residual-stream edits that are the same for every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from es2_lib.batching import check_fits, left_pad
+from es2_lib.hooks import position_ids
+from es2_lib.models import chat_prompt
+from es2_lib.progress import progress as progress_bar
+
+Stop = Callable[[str], bool]  # decoded response so far -> True when nothing more is needed
+
+
+@dataclass
+class _Row:
+    index: int  # position of the prompt in the caller's list
+    tokens: list[int] = field(default_factory=list)  # generated so far
+
+
+def _pad_cache_left(cache: DynamicCache, width: int) -> None:
+    """Left-pad every layer of `cache` with zero keys and values to `width` positions (masked out by the caller)."""
+    for layer in cache.layers:
+        missing = width - layer.keys.shape[-2]
+        if missing > 0:
+            pad = lambda t: torch.cat([t.new_zeros(*t.shape[:-2], missing, t.shape[-1]), t], -2)  # noqa: E731
+            layer.keys, layer.values = pad(layer.keys), pad(layer.values)
+
+
+def _join(cache: DynamicCache, mask: torch.Tensor, new: DynamicCache, new_mask: torch.Tensor
+          ) -> tuple[DynamicCache, torch.Tensor]:
+    """The batch cache and mask with the prefilled rows of `new` appended (both left-padded to one width)."""
+    width = max(mask.shape[1], new_mask.shape[1])
+    for c in (cache, new):
+        _pad_cache_left(c, width)
+    pad_mask = lambda m: torch.cat([m.new_zeros(m.shape[0], width - m.shape[1]), m], 1)  # noqa: E731
+    for layer, joining in zip(cache.layers, new.layers):
+        layer.keys = torch.cat([layer.keys, joining.keys], 0)
+        layer.values = torch.cat([layer.values, joining.values], 0)
+    return cache, torch.cat([pad_mask(mask), pad_mask(new_mask)], 0)
+
+
+def _keep(cache: DynamicCache, mask: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Keep batch rows `rows` of the cache (in place) and of the mask, and cut the columns only padding uses."""
+    index = torch.tensor(rows, device=mask.device)
+    mask = mask[index]
+    first = int(mask.any(0).long().argmax())  # the leftmost column some remaining row uses
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[index, ..., first:, :], layer.values[index, ..., first:, :]
+    return mask[:, first:]
+
+
+def greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    stop: Stop | None = None,
+    chat: bool = True,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy responses to `prompts` (in the chat template when `chat`), stripped, in input order; a row stops at
+    EOS, after `max_new_tokens`, or as soon as `stop(decoded response so far)` is true (its text is then that)."""
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"greedy needs max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
+    texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
+    ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"] if texts else []
+    check_fits([len(row) for row in ids], getattr(model.config, "max_position_embeddings", None), max_new_tokens)
+    waiting = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: memory peaks early
+    eos = model.generation_config.eos_token_id  # what generate stops at: an id or a list of ids
+    eos = set(eos if isinstance(eos, list) else [tokenizer.eos_token_id if eos is None else eos])
+    responses = [""] * len(ids)
+    device = model.get_input_embeddings().weight.device
+    rows: list[_Row] = []
+    cache, mask, last = DynamicCache(), torch.zeros(0, 0, dtype=torch.long, device=device), None
+    bar = progress_bar(None, desc="generate", total=len(ids)) if progress else None
+    with torch.inference_mode():
+        while waiting or rows:
+            joining = [_Row(i) for i in waiting[:batch_size - len(rows)]]
+            waiting = waiting[len(joining):]
+            if joining:  # prefill the joining prompts on their own, then merge them into the batch
+                new_ids, new_mask = left_pad([ids[r.index] for r in joining], tokenizer.pad_token_id, device)
+                out = model(input_ids=new_ids, attention_mask=new_mask, position_ids=position_ids(new_mask),
+                            past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+                first = out.logits[:, -1].argmax(-1)
+                cache, mask = (out.past_key_values, new_mask) if not rows else _join(cache, mask, out.past_key_values,
+                                                                                      new_mask)
+                last = first if not rows else torch.cat([last, first])
+                rows += joining
+            else:  # one decoding step for every row
+                step_mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+                out = model(input_ids=last[:, None], attention_mask=step_mask,
+                            position_ids=mask.sum(1, keepdim=True), past_key_values=cache, use_cache=True,
+                            logits_to_keep=1)
+                cache, mask, last = out.past_key_values, step_mask, out.logits[:, -1].argmax(-1)
+            kept = []
+            for j, row in enumerate(rows):
+                if not joining or j >= len(rows) - len(joining):  # rows that just got a new token
+                    row.tokens.append(int(last[j]))
+                text = tokenizer.decode(row.tokens, skip_special_tokens=True)
+                finished = row.tokens[-1] in eos or len(row.tokens) >= max_new_tokens or (stop and stop(text))
+                if finished:
+                    responses[row.index] = text.strip()
+                    if bar:
+                        bar.update(1)
+                else:
+                    kept.append(j)
+            if len(kept) < len(rows):
+                if kept:
+                    mask, last = _keep(cache, mask, kept), last[torch.tensor(kept, device=device)]
+                else:
+                    cache, mask = DynamicCache(), torch.zeros(0, 0, dtype=torch.long, device=device)
+                rows = [rows[j] for j in kept]
+    if bar:
+        bar.close()
+    return responses

@@ -1,0 +1,55 @@
+"""Continuous-batching greedy decoding: the text of every row equals its unbatched greedy text, finished rows
+leave the batch (no forward is spent on them), and it works under peft and residual-stream edits."""
+
+from __future__ import annotations
+
+import peft
+import torch
+
+from es2_lib import data, decoding, hooks, models
+from es2_lib.generation import generate
+
+PROMPTS = [r["prompt"] for r in data.load_prompts("advbench")[:13]]
+
+
+def _alone(model, tokenizer, prompts, max_new_tokens):
+    """Each prompt generated on its own by `model.generate` (no batch, no padding)."""
+    return [generate(model, tokenizer, [p], max_new_tokens, batch_size=1)[0] for p in prompts]
+
+
+def test_rows_joining_and_leaving_equal_unbatched_greedy(lively):
+    model, tokenizer = lively
+    # 13 prompts through 4 rows: rows refill as others finish, the cache is padded, merged and cut
+    assert decoding.greedy(model, tokenizer, PROMPTS, 12, batch_size=4) == _alone(model, tokenizer, PROMPTS, 12)
+
+
+def test_a_row_that_stops_early_leaves_and_the_others_keep_their_text(lively):
+    model, tokenizer = lively
+    full = _alone(model, tokenizer, PROMPTS, 16)
+    steps: list[int] = []
+    hook = models.decoder_layers(model)[0].register_forward_pre_hook(
+        lambda module, args, kwargs: steps.append((args or [kwargs.get("hidden_states")])[0].shape[0]), with_kwargs=True)
+    try:
+        early = decoding.greedy(model, tokenizer, PROMPTS, 16, batch_size=4, stop=lambda text: len(text.strip()) >= 12)
+    finally:
+        hook.remove()
+    for short, long in zip(early, full):
+        assert long.startswith(short) and (len(short) >= 12 or short == long)
+    assert any(len(s) < len(f) for s, f in zip(early, full))
+    # each forward's rows are the rows still running: fewer row-steps than 13 prompts x 16 tokens
+    assert sum(steps) < len(PROMPTS) * 16
+
+
+def test_peft_and_a_residual_edit_for_every_row(lively):
+    model, tokenizer = lively
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    for name, weight in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.5)
+    assert decoding.greedy(lora, tokenizer, PROMPTS[:6], 8, batch_size=2) == _alone(lora, tokenizer, PROMPTS[:6], 8)
+    shift = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with hooks.edit_residual(model, {2: lambda h: h + shift}):
+        edited = decoding.greedy(model, tokenizer, PROMPTS[:6], 8, batch_size=2)
+        assert edited == _alone(model, tokenizer, PROMPTS[:6], 8)
+    assert edited != decoding.greedy(model, tokenizer, PROMPTS[:6], 8, batch_size=2)
