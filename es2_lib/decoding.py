@@ -6,23 +6,27 @@ The batch shares one left-padded KV cache (`DynamicCache`): a joining prompt is 
 is padded on the left to the batch's length (or the batch's to its), a leaving row is dropped from every layer,
 and columns that only padding uses any more are cut. Positions count real tokens only (`hooks.position_ids`), so a
 row decodes as it would alone, up to floating-point differences of the batch shape. Works on plain and
-peft-wrapped causal language models and with residual-stream edits that are the same for every row.
+peft-wrapped causal language models, under residual-stream edits (`hooks.edit_residual`), and with edits of each
+prompt's own (`row_edits`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from es2_lib import hooks
 from es2_lib.batching import check_fits, left_pad
 from es2_lib.hooks import position_ids
 from es2_lib.models import chat_prompt
 from es2_lib.progress import progress as progress_bar
 
 Stop = Callable[[str], bool]  # decoded response so far -> True when nothing more is needed
+RowEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (residual [batch, seq, hidden], prompt index of
+# each batch row [batch]) -> edited residual: an edit of each prompt's own (e.g. its own RepE coefficient)
 
 
 @dataclass
@@ -72,9 +76,21 @@ def greedy(
     stop: Stop | None = None,
     chat: bool = True,
     progress: bool = False,
+    row_edits: Mapping[int, RowEdit] | None = None,
 ) -> list[str]:
     """Greedy responses to `prompts` (in the chat template when `chat`), stripped, in input order; a row stops at
-    EOS, after `max_new_tokens`, or as soon as `stop(decoded response so far)` is true (its text is then that)."""
+    EOS, after `max_new_tokens`, or as soon as `stop(decoded response so far)` is true (its text is then that).
+    `row_edits[l]` edits the residual stream at layer l in every forward, knowing which prompt each row is, so a
+    prompt keeps its own edit while rows come and go."""
+    in_batch: list[torch.Tensor] = []  # the prompt index of each row of the forward being run
+    edits = {layer: (lambda edit: lambda h: edit(h, in_batch[0]))(edit) for layer, edit in (row_edits or {}).items()}
+    with hooks.edit_residual(model, edits):
+        return _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, stop, chat, progress, in_batch)
+
+
+def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int,
+            batch_size: int, stop: Stop | None, chat: bool, progress: bool, in_batch: list[torch.Tensor]
+            ) -> list[str]:
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"greedy needs max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
     texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
@@ -92,6 +108,7 @@ def greedy(
         while waiting or rows:
             joining = [_Row(i) for i in waiting[:batch_size - len(rows)]]
             waiting = waiting[len(joining):]
+            in_batch[:] = [torch.tensor([r.index for r in (joining or rows)], device=device)]
             if joining:  # prefill the joining prompts on their own, then merge them into the batch
                 new_ids, new_mask = left_pad([ids[r.index] for r in joining], tokenizer.pad_token_id, device)
                 out = model(input_ids=new_ids, attention_mask=new_mask, position_ids=position_ids(new_mask),

@@ -53,3 +53,18 @@ def test_peft_and_a_residual_edit_for_every_row(lively):
         edited = decoding.greedy(model, tokenizer, PROMPTS[:6], 8, batch_size=2)
         assert edited == _alone(model, tokenizer, PROMPTS[:6], 8)
     assert edited != decoding.greedy(model, tokenizer, PROMPTS[:6], 8, batch_size=2)
+
+
+def test_each_row_keeps_its_own_edit_as_rows_come_and_go(lively):
+    model, tokenizer = lively
+    prompts = PROMPTS[:7]
+    shifts = torch.randn(len(prompts), model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    edited = decoding.greedy(model, tokenizer, prompts, 10, batch_size=3,
+                             stop=lambda text: len(text.strip()) >= 8 * (1 + len(text) % 3),  # rows leave unevenly
+                             row_edits={2: lambda h, rows: h + shifts[rows][:, None, :]})
+    for i, prompt in enumerate(prompts):
+        with hooks.edit_residual(model, {2: lambda h, i=i: h + shifts[i]}):
+            alone = decoding.greedy(model, tokenizer, [prompt], 10, batch_size=1,
+                                    stop=lambda text: len(text.strip()) >= 8 * (1 + len(text) % 3))
+        assert edited[i] == alone[0], i
+    assert len(set(edited)) > 1
