@@ -27,8 +27,8 @@ def test_a_row_that_stops_early_leaves_and_the_others_keep_their_text(lively):
     model, tokenizer = lively
     full = _alone(model, tokenizer, PROMPTS, 16)
     steps: list[int] = []
-    hook = models.decoder_layers(model)[0].register_forward_pre_hook(
-        lambda module, args, kwargs: steps.append((args or [kwargs.get("hidden_states")])[0].shape[0]), with_kwargs=True)
+    count = lambda module, args, kwargs: steps.append((args or [kwargs.get("hidden_states")])[0].shape[0])  # noqa: E731
+    hook = models.decoder_layers(model)[0].register_forward_pre_hook(count, with_kwargs=True)
     try:
         early = decoding.greedy(model, tokenizer, PROMPTS, 16, batch_size=4, stop=lambda text: len(text.strip()) >= 12)
     finally:
