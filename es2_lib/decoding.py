@@ -126,12 +126,15 @@ def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
                 cache, mask, last = out.past_key_values, step_mask, out.logits[:, -1].argmax(-1)
             kept = []
             for j, row in enumerate(rows):
-                if not joining or j >= len(rows) - len(joining):  # rows that just got a new token
-                    row.tokens.append(int(last[j]))
-                text = tokenizer.decode(row.tokens, skip_special_tokens=True)
-                finished = row.tokens[-1] in eos or len(row.tokens) >= max_new_tokens or (stop and stop(text))
+                if joining and j < len(rows) - len(joining):  # a running row: no new token, nothing to check
+                    kept.append(j)
+                    continue
+                row.tokens.append(int(last[j]))
+                finished = row.tokens[-1] in eos or len(row.tokens) >= max_new_tokens  # decode only when needed
+                if not finished and stop is not None:
+                    finished = stop(tokenizer.decode(row.tokens, skip_special_tokens=True))
                 if finished:
-                    responses[row.index] = text.strip()
+                    responses[row.index] = tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
                     if bar:
                         bar.update(1)
                 else:

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from es2_lib.batching import last_logits, length_sorted
+from es2_lib.models import chat_prompt
 from es2_lib.representations import encode_prompts
 
 
@@ -35,7 +36,8 @@ def first_token_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
                          batch_size: int = 8) -> torch.Tensor:
     """log P(first response token) [n, vocab] for each chat-formatted prompt, from one forward each."""
     device = model.get_input_embeddings().weight.device
-    lengths = encode_prompts(tokenizer, prompts, "cpu")["attention_mask"].sum(1).tolist()
+    lengths = [len(ids) for ids in tokenizer([chat_prompt(tokenizer, p) for p in prompts],
+                                             add_special_tokens=False)["input_ids"]]  # no padded copy of all
     out = torch.empty(len(prompts), model.get_output_embeddings().out_features)
     with torch.inference_mode():
         for index in length_sorted(lengths, batch_size):
