@@ -8,12 +8,17 @@ and columns that only padding uses any more are cut. Positions count real tokens
 row decodes as it would alone, up to floating-point differences of the batch shape. Works on plain and
 peft-wrapped causal language models, under residual-stream edits (`hooks.edit_residual`), and with edits of each
 prompt's own (`row_edits`).
+
+The tokens every prompt of a call starts with (the chat template's fixed head: the system prompt) run through the
+model once per call (`shared_head`); each prefill starts from their cache. Not under an edit: an edited forward
+(e.g. SCAV's move of the last position) must see each prompt whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -33,6 +38,50 @@ RowEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (residual [bat
 class _Row:
     index: int  # position of the prompt in the caller's list
     tokens: list[int] = field(default_factory=list)  # generated so far
+
+
+@dataclass(frozen=True)
+class SharedHead:
+    """The first `length` tokens of every prompt of a call and their KV cache (batch 1), computed once."""
+
+    length: int
+    cache: DynamicCache
+
+
+def shared_head(model: PreTrainedModel, ids: Sequence[Sequence[int]]) -> SharedHead | None:
+    """The longest token prefix all `ids` share (leaving every row at least one token of its own), run once; None
+    when they share fewer than 2 tokens or a residual edit is open (`hooks.editing`)."""
+    if not ids or hooks.editing(model):
+        return None
+    length = min(len(row) for row in ids) - 1
+    for row in ids:
+        length = next((k for k in range(length) if row[k] != ids[0][k]), length)
+    if length < 2:
+        return None
+    device = model.get_input_embeddings().weight.device
+    head = torch.tensor([list(ids[0][:length])], device=device)
+    with torch.inference_mode():
+        out = model(input_ids=head, attention_mask=torch.ones_like(head), past_key_values=DynamicCache(),
+                    use_cache=True, logits_to_keep=1)
+    return SharedHead(length, out.past_key_values)
+
+
+def prefill(model: PreTrainedModel, rows: Sequence[Sequence[int]], pad_id: int, head: SharedHead | None = None
+            ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+    """One forward over token `rows` (left-padded; the first `head.length` tokens of each taken from `head`'s
+    cache): next-token logits at each row's last token [n, vocab], the KV cache and its mask [n, width]."""
+    device = model.get_input_embeddings().weight.device
+    cut = head.length if head else 0
+    ids, mask = left_pad([row[cut:] for row in rows], pad_id, device)
+    cache = DynamicCache()
+    if head:
+        for layer, cached in enumerate(head.cache.layers):
+            cache.update(cached.keys.expand(len(rows), -1, -1, -1).contiguous(),
+                         cached.values.expand(len(rows), -1, -1, -1).contiguous(), layer)
+        mask = torch.cat([mask.new_ones(len(rows), cut), mask], 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, cut:], past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.past_key_values, mask
 
 
 def _pad_cache_left(cache: DynamicCache, width: int) -> None:
@@ -82,10 +131,18 @@ def greedy(
     EOS, after `max_new_tokens`, or as soon as `stop(decoded response so far)` is true (its text is then that).
     `row_edits[l]` edits the residual stream at layer l in every forward, knowing which prompt each row is, so a
     prompt keeps its own edit while rows come and go."""
-    in_batch: list[torch.Tensor] = []  # the prompt index of each row of the forward being run
+    with edited_rows(model, row_edits) as in_batch:
+        return _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, stop, chat, progress, in_batch)
+
+
+@contextlib.contextmanager
+def edited_rows(model: PreTrainedModel, row_edits: Mapping[int, RowEdit] | None) -> Iterator[list[torch.Tensor]]:
+    """Inside the block every forward applies `row_edits[l]` at layer l; the caller sets the yielded list to
+    [prompt index of each batch row] before each forward, so each row gets its own prompt's edit."""
+    in_batch: list[torch.Tensor] = []
     edits = {layer: (lambda edit: lambda h: edit(h, in_batch[0]))(edit) for layer, edit in (row_edits or {}).items()}
     with hooks.edit_residual(model, edits):
-        return _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, stop, chat, progress, in_batch)
+        yield in_batch
 
 
 def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int,
@@ -96,6 +153,7 @@ def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
     ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"] if texts else []
     check_fits([len(row) for row in ids], getattr(model.config, "max_position_embeddings", None), max_new_tokens)
+    head = shared_head(model, ids)  # None under edits (row_edits included)
     waiting = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: memory peaks early
     eos = model.generation_config.eos_token_id  # what generate stops at: an id or a list of ids
     eos = set(eos if isinstance(eos, list) else [tokenizer.eos_token_id if eos is None else eos])
@@ -110,12 +168,10 @@ def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
             waiting = waiting[len(joining):]
             in_batch[:] = [torch.tensor([r.index for r in (joining or rows)], device=device)]
             if joining:  # prefill the joining prompts on their own, then merge them into the batch
-                new_ids, new_mask = left_pad([ids[r.index] for r in joining], tokenizer.pad_token_id, device)
-                out = model(input_ids=new_ids, attention_mask=new_mask, position_ids=position_ids(new_mask),
-                            past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-                first = out.logits[:, -1].argmax(-1)
-                cache, mask = (out.past_key_values, new_mask) if not rows else _join(cache, mask, out.past_key_values,
-                                                                                      new_mask)
+                logits, new_cache, new_mask = prefill(model, [ids[r.index] for r in joining], tokenizer.pad_token_id,
+                                                      head)
+                first = logits.argmax(-1)
+                cache, mask = (new_cache, new_mask) if not rows else _join(cache, mask, new_cache, new_mask)
                 last = first if not rows else torch.cat([last, first])
                 rows += joining
             else:  # one decoding step for every row

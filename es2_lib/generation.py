@@ -1,10 +1,12 @@
-"""Batched greedy generation of responses, the input to every refusal and coherence metric (docs/architecture.md,
-"Metrics" and "Speed").
+"""Generation of responses, the input to every refusal and coherence metric (docs/architecture.md, "Metrics" and
+"Speed").
 
-Prompts are batched by token length (batching.length_sorted) so each left-padded batch wastes little padding, generated
-greedily, decoded without the prompt and special tokens, and returned in the caller's order. Works on plain
-and peft-wrapped causal language models. Optionally samples several responses per prompt at a temperature (for
-SRR's candidate lists), running each prompt's forward once and sharing its KV cache among the samples.
+Greedy responses come from `decoding.greedy` (continuous batching: rows leave at EOS, or as soon as the refusal
+verdict is settled when the caller only needs the verdict, and waiting prompts take their place), decoded without
+the prompt and special tokens, in the caller's order. Sampled responses (for SRR's candidate lists) and
+responses with their token log-probs come from `model.generate` on length-sorted batches
+(batching.length_sorted), each prompt's forward run once and its KV cache shared among the samples. Works on
+plain and peft-wrapped causal language models.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from es2_lib import decoding, judges
 from es2_lib.batching import check_fits, length_sorted
 from es2_lib.hooks import position_ids
 from es2_lib.models import chat_prompt, decoder_and_head
@@ -30,8 +33,13 @@ def generate(
     num_return_sequences: int = 1,
     seed: int = 0,
     return_logprobs: bool = False,
+    until_verdict: bool = False,
 ) -> list[str] | tuple[list[str], list[list[float]]]:
     """Greedy responses to `prompts` (wrapped in the chat template when `chat`), stripped, in input order.
+
+    With `until_verdict` a greedy response ends as soon as every keyword judge counts it a refusal
+    (`judges.settled`): no more tokens can change a verdict, so it is the full response's verdict, on a shorter
+    text. Only for responses that are judged and not read (a refusal then shows as its opening words).
 
     With `temperature` > 0: `num_return_sequences` samples per prompt by plain temperature sampling (no top-k or
     top-p, whatever the model's generation_config says), seeded by `seed`; prompt-major, so the samples of
@@ -42,11 +50,16 @@ def generate(
     if temperature < 0 or num_return_sequences < 1 or (temperature == 0 and num_return_sequences > 1):
         raise ValueError(f"generate needs temperature >= 0 and num_return_sequences >= 1 (1 when greedy), got "
                          f"{temperature}, {num_return_sequences}")
+    if until_verdict and (temperature > 0 or return_logprobs):
+        raise ValueError("generate stops at the verdict only for greedy responses without log-probs")
     n = num_return_sequences
-    decoding = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
         dict(do_sample=False)
     if tokenizer.padding_side != "left":
         raise ValueError("generate needs a left-padded tokenizer (models.load_model returns one)")
+    if temperature == 0 and not return_logprobs:
+        return decoding.greedy(model, tokenizer, prompts, max_new_tokens, batch_size, chat=chat, progress=progress,
+                               stop=judges.settled if until_verdict else None)
     texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=not chat)["input_ids"]] if texts else []
     check_fits(lengths, getattr(model.config, "max_position_embeddings", None), max_new_tokens)
@@ -60,7 +73,7 @@ def generate(
             enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
                             add_special_tokens=not chat).to(model.device)
             inputs = _shared_prefix(model, enc, n) if n > 1 else dict(enc)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, **decoding, pad_token_id=tokenizer.pad_token_id,
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling, pad_token_id=tokenizer.pad_token_id,
                                  return_dict_in_generate=return_logprobs, output_logits=return_logprobs)
             sequences = out.sequences if return_logprobs else out  # [batch * n, prompt + new], prompt-major
             new_tokens = sequences[:, enc["input_ids"].shape[1]:]

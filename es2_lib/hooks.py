@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import weakref
 from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -21,6 +22,9 @@ from torch import nn
 from . import models
 
 Edit = Callable[[torch.Tensor], torch.Tensor]  # residual stream [batch, seq, hidden] -> edited, same shape
+
+
+_EDITING: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()  # first block -> open edits
 
 
 class _StopForward(Exception):
@@ -144,6 +148,8 @@ def edit_residual(model: nn.Module, edits: Mapping[int, Edit]) -> Iterator[None]
             return (edit(output[0]), *output[1:]) if isinstance(output, tuple) else edit(output)
         return hook
 
+    first, opened = blocks[0], 1 if layers else 0  # an edit of no layer edits nothing
+    _EDITING[first] = _EDITING.get(first, 0) + opened
     try:
         for layer in sorted(set(layers)):
             if layer == 0:
@@ -154,3 +160,10 @@ def edit_residual(model: nn.Module, edits: Mapping[int, Edit]) -> Iterator[None]
     finally:
         for handle in handles:
             handle.remove()
+        _EDITING[first] -= opened
+
+
+def editing(model: nn.Module) -> bool:
+    """Whether an `edit_residual` block is open on `model` (or on a wrapper of the same decoder): then every
+    forward is edited, and states computed outside the edit (e.g. a cached shared prompt head) would not match."""
+    return _EDITING.get(models.decoder_layers(model)[0], 0) > 0

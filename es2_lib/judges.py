@@ -60,3 +60,9 @@ def refusals(responses: Iterable[str], judge: str = "autodan") -> list[bool]:
     _patterns(judge)  # fail on an unknown judge even for an empty list
     return [is_refusal(r, judge) for r in responses]
 
+
+
+def settled(response_so_far: str) -> bool:
+    """Whether every judge already counts a response that starts with `response_so_far` as a refusal: a phrase
+    once present stays present, so no continuation can change any verdict (decoding's stop rule)."""
+    return all(is_refusal(response_so_far, judge) for judge in JUDGES)

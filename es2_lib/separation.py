@@ -1,7 +1,7 @@
 """Stage 02's held-out evaluation of ES2 (paper Section 3 and its separation figure): base model vs ES2 model.
 
-`measure` takes one model's states at every layer, greedy responses and harmless next-token distributions on the
-eval prompts; `compare` turns two measurements into the separation per layer, the ES2/base ratios at the ES2 layers
+`measure` takes one model's states at every layer, greedy responses (harmful ones only up to their refusal
+verdict: generation.generate's until_verdict) and harmless next-token distributions on the eval prompts; `compare` turns two measurements into the separation per layer, the ES2/base ratios at the ES2 layers
 and the harmless KL(base || ES2), perplexity and refusal rate. See docs/architecture.md, 'ES2 objective'.
 """
 
@@ -53,7 +53,8 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: dict[
     layers = list(range(models.num_layers(model) + 1))
     classes = ("harmful", "harmless")
     states = {c: representations.last_token_states(model, tokenizer, prompts[c], layers, batch_size) for c in classes}
-    responses = {c: generation.generate(model, tokenizer, prompts[c], max_new_tokens, batch_size, progress=True)
+    responses = {c: generation.generate(model, tokenizer, prompts[c], max_new_tokens, batch_size, progress=True,
+                                        until_verdict=c == "harmful")  # harmless ones are read whole (reference)
                  for c in classes}
     harmless = prompts["harmless"]
     return {"states": states, "responses": responses,

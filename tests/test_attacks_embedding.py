@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from es2_lib import hooks, models, results
+from es2_lib import decoding, hooks, models, refusal_screen, results
 from es2_lib.attacks import attack_model, repe, scav, score, select, soft_prompt, table_rows
 from es2_lib.attacks.budgets import RepEBudget, SCAVBudget, SoftPromptBudget
 from es2_lib.results import AttackEntry, Interval, Summary
@@ -243,3 +243,24 @@ def test_scav_makes_the_embedded_model_comply(embedded):
         attacked = generate(model, tokenizer, prompts, 16)
     assert not any(judges.refusals(attacked)), attacked
     assert moves.summary()["moved"] > 0.5
+
+
+def test_repe_with_a_coefficient_per_prompt_equals_one_run_per_coefficient(lively):
+    model, tokenizer = lively
+    prompts = [f"Tell me about item {i} of the list, please." for i in range(5)]
+    layers = [2, 3]
+    g = torch.Generator().manual_seed(3)
+    direction = torch.nn.functional.normalize(torch.randn(2, model.config.hidden_size, generator=g), dim=-1)
+    unit = torch.tensor([4.0, 6.0])
+    coeffs = torch.tensor([-3.0, 0.0, 2.0, -1.0, 5.0])
+    per_row = decoding.greedy(model, tokenizer, prompts, 8, batch_size=2,
+                              row_edits=repe.row_steering(layers, direction, unit, coeffs))
+    for i, prompt in enumerate(prompts):
+        with repe.steer(model, layers, direction, unit, float(coeffs[i])):
+            assert per_row[i] == decoding.greedy(model, tokenizer, [prompt], 8, batch_size=1)[0], i
+    assert len(set(per_row)) > 1
+    screened = refusal_screen.first_token_logprobs(model, tokenizer, prompts, 2,
+                                                   row_edits=repe.row_steering(layers, direction, unit, coeffs))
+    with repe.steer(model, layers, direction, unit, float(coeffs[4])):
+        alone = refusal_screen.first_token_logprobs(model, tokenizer, prompts[4:], 1)
+    torch.testing.assert_close(screened[4:], alone, atol=1e-4, rtol=1e-4)

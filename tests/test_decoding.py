@@ -7,14 +7,18 @@ import peft
 import torch
 
 from es2_lib import data, decoding, hooks, models
-from es2_lib.generation import generate
 
 PROMPTS = [r["prompt"] for r in data.load_prompts("advbench")[:13]]
 
 
 def _alone(model, tokenizer, prompts, max_new_tokens):
     """Each prompt generated on its own by `model.generate` (no batch, no padding)."""
-    return [generate(model, tokenizer, [p], max_new_tokens, batch_size=1)[0] for p in prompts]
+    out = []
+    for prompt in prompts:
+        enc = tokenizer(models.chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return out
 
 
 def test_rows_joining_and_leaving_equal_unbatched_greedy(lively):
@@ -68,3 +72,19 @@ def test_each_row_keeps_its_own_edit_as_rows_come_and_go(lively):
                                     stop=lambda text: len(text.strip()) >= 8 * (1 + len(text) % 3))
         assert edited[i] == alone[0], i
     assert len(set(edited)) > 1
+
+
+def test_the_chat_head_runs_once_and_not_under_an_edit(lively):
+    model, tokenizer = lively
+    ids = tokenizer([models.chat_prompt(tokenizer, p) for p in PROMPTS[:4]], add_special_tokens=False)["input_ids"]
+    head = decoding.shared_head(model, ids)
+    fixed = models.chat_prompt(tokenizer, "\x00").split("\x00")[0]  # the template up to the user's text
+    assert head is not None and head.length == len(tokenizer(fixed, add_special_tokens=False)["input_ids"])
+    assert all(row[:head.length] == ids[0][:head.length] for row in ids)
+    with hooks.edit_residual(model, {1: lambda h: h}):
+        assert decoding.shared_head(model, ids) is None
+    assert decoding.shared_head(model, ids) is not None
+    logits, _, mask = decoding.prefill(model, ids, tokenizer.pad_token_id, head)
+    whole, _, _ = decoding.prefill(model, ids, tokenizer.pad_token_id)
+    assert mask.shape[1] == max(len(row) for row in ids)
+    torch.testing.assert_close(logits, whole, atol=1e-4, rtol=1e-4)

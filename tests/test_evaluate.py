@@ -66,3 +66,16 @@ def test_shares_partition_the_responses():
 def test_high_perplexity_marks_incoherent():
     rows = evaluate.judge_responses(["Sure, here is a plan with steps."], perplexities=[500.0], ppl_threshold=100)
     assert rows[0]["incoherent"] and not rows[0]["compliant"]
+
+
+def test_judge_scores_perplexity_only_where_the_verdict_needs_it(lively):
+    model, tokenizer = lively
+    prompts = ["Say hello.", "Tell me a secret.", "Name a fruit."]
+    responses = ["Hello there, friend.", "I'm sorry, I cannot.", "An apple."]
+    rows = evaluate.judge(model, tokenizer, prompts, responses, 2, 100.0, is_base=True)
+    assert [r["refused"] for r in rows] == [False, True, False]
+    assert math.isnan(rows[1]["perplexity"])
+    expected = evaluate.response_perplexity(model, tokenizer, prompts, responses, 2)
+    assert [rows[0]["perplexity"], rows[2]["perplexity"]] == pytest.approx([expected[0], expected[2]], rel=1e-5)
+    unadapted = evaluate.judge(model, tokenizer, prompts, responses, 2, 100.0, is_base=False)  # no adapter: no ppl
+    assert all(math.isnan(r["perplexity"]) for r in unadapted)

@@ -28,26 +28,30 @@ def test_batched_equals_one_at_a_time(lively):
     assert generate(model, tokenizer, [], max_new_tokens=6) == []
 
 
-def test_new_tokens_only_and_bounded(lively, monkeypatch):
+def test_new_tokens_only_and_bounded(lively):
     model, tokenizer = lively
-    counts = []
-    real_generate = model.generate
-
-    def spy(**kwargs):
-        out = real_generate(**kwargs)
-        counts.append(out.shape[1] - kwargs["input_ids"].shape[1])
-        return out
-
-    monkeypatch.setattr(model, "generate", spy)
     short = generate(model, tokenizer, PROMPTS, max_new_tokens=3, batch_size=2)
     long = generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=2)
-    assert counts[:3] and all(c <= 3 for c in counts[:3]) and max(counts[3:]) > 3
+    assert all(len(tokenizer(s, add_special_tokens=False)["input_ids"]) <= 3 for s in short)
     assert all(l.startswith(s) and len(l) > len(s) for s, l in zip(short, long))
     assert not any("<|im_" in r or PROMPTS[i] in r for i, r in enumerate(long))  # no prompt, no special tokens
-    # the response continues the chat prompt exactly as a plain greedy call does
+    # the response continues the chat prompt exactly as a plain greedy call of model.generate does
     enc = tokenizer(chat_prompt(tokenizer, PROMPTS[1]), return_tensors="pt", add_special_tokens=False)
-    ref = real_generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    ref = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert long[1] == tokenizer.decode(ref[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_until_verdict_stops_once_every_judge_says_refused(lively, monkeypatch):
+    model, tokenizer = lively
+    full = generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=2)
+    word = full[1].split()[0]  # a word the model does write: call it a refusal phrase for this test
+    monkeypatch.setattr(judges, "settled", lambda text: word in text)
+    stopped = generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=2, until_verdict=True)
+    for s, f in zip(stopped, full):
+        assert f.startswith(s) and (s == f or word in s)
+    assert len(stopped[1]) < len(full[1]) and stopped[1].endswith(word)
+    with pytest.raises(ValueError, match="verdict"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=4, temperature=1.0, until_verdict=True)
 
 
 def test_raw_text_and_peft(lively):

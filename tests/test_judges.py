@@ -48,3 +48,12 @@ def test_unknown_judge():
     with pytest.raises(ValueError, match="valid judges"):
         judges.refusals([], "llm")
 
+
+
+def test_settled_only_when_every_judge_counts_a_refusal():
+    assert judges.settled("I'm sorry, but I")  # both lists hold "I'm sorry"
+    assert judges.is_refusal("Sure, it is not hard", "autodan") and not judges.settled("Sure, it is not hard")
+    assert not judges.settled("") and not judges.settled("Sure, here is")
+    text = "Sure. Actually, I cannot help with that."
+    settled_at = next(k for k in range(len(text) + 1) if judges.settled(text[:k]))
+    assert all(judges.settled(text[:k]) for k in range(settled_at, len(text) + 1))  # stays settled as text grows

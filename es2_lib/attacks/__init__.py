@@ -63,18 +63,15 @@ def attack_model(
 def score(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, prompts: list[str],
           outcomes: list[Outcome], batch_size: int, incoherent_ppl: float, bootstrap_samples: int,
           confidence: float, seed: int) -> tuple[list[AttackEntry], list[dict]]:
-    """Judge every outcome of one model like every stage does (evaluate.judge_responses and summarize), with each
-    response's perplexity under the BASE network: `model` itself for "base"; for any other model
-    evaluate.base_perplexity (its adapter disabled; none after full fine-tuning, whose base weights are gone: then
-    only the degenerate-text heuristic judges coherence). Returns the entries and the response rows {model, attack,
+    """Judge every outcome of one model like every stage does (evaluate.judge and summarize), with each
+    response's perplexity under the BASE network: `model` itself for "base"; for any other model its adapter
+    disabled (none after full fine-tuning, whose base weights are gone: then only the degenerate-text heuristic
+    judges coherence). Returns the entries and the response rows {model, attack,
     setting, prompt, response, refused, refused_jbb, incoherent, ...}."""
     entries, responses = [], []
     for outcome in outcomes:
-        if model_name == "base":
-            perplexity = evaluate.response_perplexity(model, tokenizer, prompts, outcome.responses, batch_size)
-        else:
-            perplexity = evaluate.base_perplexity(model, tokenizer, prompts, outcome.responses, batch_size)
-        rows = evaluate.judge_responses(outcome.responses, perplexity, incoherent_ppl)
+        rows = evaluate.judge(model, tokenizer, prompts, outcome.responses, batch_size, incoherent_ppl,
+                              is_base=model_name == "base")
         summary = Summary.from_dict(evaluate.summarize(rows, bootstrap_samples, confidence, seed))
         entries.append(AttackEntry(model_name, outcome.attack, outcome.setting, summary, outcome.perturbation,
                                    outcome.budget, outcome.wall_s))

@@ -120,11 +120,12 @@ class AttackResult:
 
 def outcome(attack: str, model: nn.Module, tokenizer: PreTrainedTokenizerBase, results: list[AttackResult],
             budget: dict, max_new_tokens: int, batch_size: int) -> Outcome:
-    """An `Outcome` of a prompt attack: greedy responses (`max_new_tokens`) to the adversarial prompts, the
+    """An `Outcome` of a prompt attack: greedy responses (`max_new_tokens`, up to the verdict) to the adversarial prompts, the
     budget, the size of the perturbation (mean tokens added to the instruction; prompt attacks have no L2), and
     per prompt the search record (for responses.jsonl and the loss-curve figure). `common.timed` fills its wall
     time."""
-    responses = generate(model, tokenizer, [r.attack_prompt for r in results], max_new_tokens, batch_size)
+    responses = generate(model, tokenizer, [r.attack_prompt for r in results], max_new_tokens, batch_size,
+                         until_verdict=True)
     extra = {"attack_prompt": [r.attack_prompt for r in results], "success_step": [r.success_step for r in results],
              "steps": [r.steps for r in results], "final_loss": [r.final_loss for r in results],
              "losses": [r.losses for r in results]}

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..decoding import RowEdit
 from ..generation import generate
 from ..hooks import edit_residual
 from .common import Outcome
@@ -65,6 +66,20 @@ def steer(model: nn.Module, layers: list[int], direction: torch.Tensor, unit: to
         yield
 
 
+def row_steering(layers: list[int], direction: torch.Tensor, unit: torch.Tensor, coeffs: torch.Tensor
+                 ) -> dict[int, RowEdit]:
+    """`decoding.greedy`'s row_edits for `steer` with a coefficient of each prompt's own (`coeffs` [n prompts]),
+    the same shift as `steer` with that coefficient: one batched pass runs many attack strengths (a budget
+    bisection, one strength per prompt)."""
+    def add(unit_l: torch.Tensor, direction_l: torch.Tensor) -> RowEdit:
+        def edit(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            scale = coeffs.float().to(hidden.device)[rows] * unit_l.float().to(hidden.device)  # [batch]
+            return hidden + (scale[:, None, None] * direction_l.float().to(hidden.device)).to(hidden.dtype)
+        return edit
+
+    return {layer: add(u, d) for layer, u, d in zip(layers, unit, direction)}
+
+
 def attack(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], layers: list[int],
     fitted: dict[str, torch.Tensor], unit: torch.Tensor, coeff: float, coeffs: tuple[float, ...], max_new_tokens: int,
@@ -74,7 +89,8 @@ def attack(
     layer and position (mean over the band), `relative` = that over this model's own mean state norm there;
     `coeffs` (the whole sweep) is recorded in the budget."""
     with steer(model, layers, fitted["direction"], unit, coeff):
-        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True)
+        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True,
+                             until_verdict=True)
     added = abs(coeff) * unit.float()  # [layers]
     return Outcome("repe", f"coeff={coeff:g}", responses,
                    {"l2": float(added.mean()), "relative": float((added / fitted["norm"]).mean()), "coeff": coeff},

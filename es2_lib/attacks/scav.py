@@ -97,6 +97,7 @@ def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[s
            p0: float, p1: float, max_new_tokens: int, batch_size: int) -> Outcome:
     """Greedy responses under SCAV; perturbation = Moves.summary (l2 = mean ‖ε‖ at the prompt's last token)."""
     with perturb(model, probes, p0, p1) as moves:
-        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True)
+        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True,
+                             until_verdict=True)
     layers = probes["layers"][probes["accuracy"] > p1].tolist()
     return Outcome("scav", "", responses, moves.summary(), {"p0": p0, "p1": p1, "layers": layers})
