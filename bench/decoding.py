@@ -1,15 +1,22 @@
-"""Benchmark: judged responses per second of continuous-batching greedy decoding (`decoding.greedy`) against
-`generation.generate` (`model.generate` on length-sorted batches), same prompts, batch size and token budget
-(docs/architecture.md, 'Speed').
+"""Benchmark: judged responses per second of the library's generation (`generation.generate`: continuous batching,
+the chat head's cache, rows that stop at the verdict, perplexity only where the verdict needs it) against
+`model.generate` on length-sorted batches judged whole, same prompts, batch size and token budget; and the
+logit-level refusal screen against generate-and-judge (docs/architecture.md, 'Speed').
 
-Three methods on the same AdvBench prompts, one after the other in one process after a warm-up batch:
-`generate`; `greedy` (rows leave at EOS, waiting prompts take their place); `greedy` stopping a row once the
-keyword judge's verdict can no longer change (a refusal phrase has appeared: the verdict is then "refused" at any
-length). The script reports seconds, responses per second and ratios, the share of `greedy`'s responses identical
-to `generate`'s, and how often the judge's verdict agrees. With `--adapter` the ES2 model is measured too.
+On the first `--n` AdvBench prompts, per model (base, and the ES2 model with `--adapter`), one after the other in
+one process after a warm-up batch:
+- `generate`: `model.generate` (the library's path before continuous batching), every response judged whole:
+  keyword judges, and its perplexity under the base network (the coherence judge) for every response;
+- `library`: `generation.generate(..., until_verdict=True)` judged by `evaluate.judge`;
+- `library_bfloat16` (base only, with `--bf16`): the same on a bfloat16 copy of the model.
+It reports seconds, judged responses per second and ratios; how many library responses equal `generate`'s (a
+response stopped at its verdict must be a prefix of `generate`'s) and, for each that differs, the logit gap
+between the two best tokens where they part (from `model.generate` on that prompt alone, float32); and whether
+the verdicts agree. Then the refusal screen: fitted on other AdvBench and Alpaca prompts (`--n-fit` each), scored
+on the `--n` AdvBench plus `--n-harmless` Alpaca prompts against their judged verdicts (AUROC, accuracy at the
+fitted threshold), timed against generate-and-judge on the same prompts.
 
-    python bench/decoding.py                                              # embedded model, 100 prompts
-    python bench/decoding.py --adapter runs/default/02_es2_training/adapter
+    python bench/decoding.py --adapter runs/default/02_es2_training/adapter --bf16
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from es2_lib import adapters, data, decoding, judges, models  # noqa: E402
+from es2_lib import adapters, data, evaluate, judges, models, refusal_screen  # noqa: E402
+from es2_lib.batching import length_sorted  # noqa: E402
 from es2_lib.generation import generate  # noqa: E402
 from es2_lib.runs import write_json  # noqa: E402
 
@@ -36,65 +44,149 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
-def measure(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> dict:
-    """The three methods on one model: seconds, responses, and their agreement."""
-    methods = {
-        "generate": lambda: generate(model, tokenizer, prompts, max_new_tokens, batch_size),
-        "greedy": lambda: decoding.greedy(model, tokenizer, prompts, max_new_tokens, batch_size),
-        "greedy_verdict_stop": lambda: decoding.greedy(model, tokenizer, prompts, max_new_tokens, batch_size,
-                                                       stop=judges.is_refusal),
-    }
-    generate(model, tokenizer, prompts[:batch_size], 4, batch_size)  # warm-up
-    seconds, responses = {}, {}
+def hf_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy responses by `model.generate` on length-sorted left-padded batches (the obvious baseline)."""
+    texts = [models.chat_prompt(tokenizer, p) for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    responses = [""] * len(prompts)
+    with torch.inference_mode():
+        for batch in length_sorted(lengths, batch_size):
+            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            for i, text in zip(batch, tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                             skip_special_tokens=True)):
+                responses[i] = text.strip()
+    return responses
+
+
+def parting_gap(model, tokenizer, prompt: str, a: str, b: str, max_new_tokens: int) -> float | None:
+    """The logit gap between the best and second-best token where responses `a` and `b` part, on the trajectory
+    of `model.generate` for `prompt` alone (None if that trajectory is neither)."""
+    enc = tokenizer(models.chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+    new = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
+    common = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+    for step in range(len(new)):
+        if len(tokenizer.decode(new[:step + 1], skip_special_tokens=True).strip()) > common:
+            top = out.logits[step][0].float().topk(2).values
+            return float(top[0] - top[1])
+    return None
+
+
+def compare(model, tokenizer, prompts, reference: list[str], other: list[str], max_new_tokens: int) -> dict:
+    """How many `other` responses equal (or, stopped at the verdict, start) the `reference` ones; gaps where not."""
+    same = [r == o or (judges.settled(o) and r.startswith(o)) for r, o in zip(reference, other)]
+    differing = [{"prompt": p, "generate": r, "library": o,
+                  "logit_gap": parting_gap(model, tokenizer, p, r, o, max_new_tokens)}
+                 for p, r, o, s in zip(prompts, reference, other, same) if not s]
+    verdicts = [judges.is_refusal(r) == judges.is_refusal(o) and judges.is_refusal(r, "jailbreakbench")
+                == judges.is_refusal(o, "jailbreakbench") for r, o in zip(reference, other)]
+    return {"identical": sum(same), "of": len(same), "differing": differing, "verdicts_agree": sum(verdicts)}
+
+
+def measure(model, tokenizer, prompts: list[str], args, is_base: bool, bf16_model=None) -> dict:
+    """The methods on one model: seconds, judged responses per second, agreement."""
+    gen = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    ppl = evaluate.response_perplexity if is_base else evaluate.base_perplexity
+
+    def old():
+        responses = hf_generate(model, tokenizer, prompts, **gen)
+        return responses, evaluate.judge_responses(responses, ppl(model, tokenizer, prompts, responses,
+                                                                  args.batch_size), args.incoherent_ppl)
+
+    def new(m):
+        responses = generate(m, tokenizer, prompts, **gen, until_verdict=True)
+        return responses, evaluate.judge(m, tokenizer, prompts, responses, args.batch_size, args.incoherent_ppl,
+                                         is_base)
+
+    methods = {"generate": old, "library": lambda: new(model)}
+    if bf16_model is not None:
+        methods["library_bfloat16"] = lambda: new(bf16_model)
+    hf_generate(model, tokenizer, prompts[:args.batch_size], 4, args.batch_size)  # warm-up
+    seconds, out = {}, {}
     for name, fn in methods.items():
-        seconds[name], responses[name] = timed(fn)
-        print(f"  {name:<22}{seconds[name]:8.1f} s  {len(prompts) / seconds[name]:6.2f} responses/s", flush=True)
-    verdicts = {name: [judges.is_refusal(r) for r in rs] for name, rs in responses.items()}
-    same = [a == b for a, b in zip(responses["generate"], responses["greedy"])]
-    return {
-        "seconds": seconds,
-        "responses_per_second": {name: len(prompts) / s for name, s in seconds.items()},
-        "speedup_vs_generate": {name: seconds["generate"] / s for name, s in seconds.items()},
-        "identical_to_generate": sum(same) / len(same),
-        "differing": [{"prompt": p, "generate": a, "greedy": b} for p, a, b, s in
-                      zip(prompts, responses["generate"], responses["greedy"], same) if not s],
-        "verdict_agreement_with_generate": {name: sum(a == b for a, b in zip(verdicts["generate"], v)) / len(v)
-                                            for name, v in verdicts.items()},
-        "refused_share": {name: sum(v) / len(v) for name, v in verdicts.items()},
-    }
+        seconds[name], out[name] = timed(fn)
+        print(f"  {name:<18}{seconds[name]:8.1f} s  {len(prompts) / seconds[name]:6.2f} judged responses/s",
+              flush=True)
+    reference = out["generate"][0]
+    result = {"seconds": seconds, "judged_per_second": {k: len(prompts) / s for k, s in seconds.items()},
+              "speedup_vs_generate": {k: seconds["generate"] / s for k, s in seconds.items()},
+              "refused": {k: sum(r["refused"] for r in rows) / len(rows) for k, (_, rows) in out.items()},
+              "agreement": {k: compare(model, tokenizer, prompts, reference, responses, args.max_new_tokens)
+                            for k, (responses, _) in out.items() if k != "generate"}}
+    for k, a in result["agreement"].items():
+        print(f"  {k}: {a['identical']}/{a['of']} responses identical to generate's, verdicts agree "
+              f"{a['verdicts_agree']}/{a['of']}, gaps where they part {[d['logit_gap'] for d in a['differing']]}")
+    return result, out["library"][0]
+
+
+def screen(model, tokenizer, harmful: list[str], harmful_responses: list[str], judge_harmful_s: float,
+           harmless: list[str], fit_prompts: list[str], args, is_base: bool) -> dict:
+    """The refusal screen's agreement with generate-and-judge (the library path; on the harmful prompts its
+    responses and seconds from `measure`), and its speed against it on the same prompts."""
+    fit_responses = generate(model, tokenizer, fit_prompts, args.max_new_tokens, args.batch_size, until_verdict=True)
+    fitted = refusal_screen.fit(tokenizer, refusal_screen.first_token_logprobs(model, tokenizer, fit_prompts,
+                                                                               args.batch_size),
+                                fit_responses, judges.refusals(fit_responses))
+    def judged() -> list[str]:
+        responses = generate(model, tokenizer, harmless, args.max_new_tokens, args.batch_size, until_verdict=True)
+        evaluate.judge(model, tokenizer, harmless, responses, args.batch_size, args.incoherent_ppl, is_base)
+        return responses
+
+    judge_s, harmless_responses = timed(judged)
+    screen_s, logprobs = timed(lambda: refusal_screen.first_token_logprobs(model, tokenizer, harmful + harmless,
+                                                                           args.batch_size))
+    refused = judges.refusals(harmful_responses + harmless_responses)
+    result = {"refusal_tokens": [tokenizer.decode([t]) for t in fitted.tokens], "threshold": fitted.threshold,
+              "fit_prompts": len(fit_prompts), "seconds": {"generate_and_judge": judge_s + judge_harmful_s,
+                                                           "screen": screen_s},
+              "speedup": (judge_s + judge_harmful_s) / screen_s,
+              **refusal_screen.agreement(fitted, logprobs, refused),
+              "harmful_only": refusal_screen.agreement(fitted, logprobs[:len(harmful)], refused[:len(harmful)])}
+    print(f"  screen: tokens {result['refusal_tokens'][:6]}, generate-and-judge {judge_s + judge_harmful_s:.1f} s, "
+          f"screen {screen_s:.1f} s ({result['speedup']:.1f}x); AUROC {result['auroc']}, accuracy "
+          f"{result['accuracy']:.3f} on {result['n']}", flush=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded", help="model spec (embedded, tiny, random:<dir>, folder, hub id)")
     parser.add_argument("--adapter", help="also measure the ES2 model with this adapter (stage 02's adapter folder)")
-    parser.add_argument("--n", type=int, default=100, help="number of AdvBench prompts")
+    parser.add_argument("--n", type=int, default=100, help="AdvBench prompts")
+    parser.add_argument("--n-harmless", type=int, default=50, help="Alpaca prompts beside them for the screen")
+    parser.add_argument("--n-fit", type=int, default=40, help="screen fitting prompts per class")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
+    parser.add_argument("--incoherent-ppl", type=float, default=100.0)
+    parser.add_argument("--bf16", action="store_true", help="also the library path on a bfloat16 copy (base)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "bench/results/decoding.json"))
     args = parser.parse_args()
 
-    model, tokenizer = models.load_model(args.model, dtype=args.dtype, device=args.device)
-    prompts = [row["prompt"] for row in data.load_prompts("advbench")[:args.n]]
-    report = {"model": args.model, "dtype": args.dtype, "device": args.device, "n_prompts": len(prompts),
-              "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "models": {},
+    model, tokenizer = models.load_model(args.model, dtype="float32", device=args.device)
+    bf16 = models.load_model(args.model, dtype="bfloat16", device=args.device)[0] if args.bf16 else None
+    advbench = [r["prompt"] for r in data.load_prompts("advbench")]
+    alpaca = [r["prompt"] for r in data.load_prompts("alpaca")]
+    prompts, harmless = advbench[:args.n], alpaca[:args.n_harmless]
+    fit_prompts = advbench[args.n:args.n + args.n_fit] + alpaca[args.n_harmless:args.n_harmless + args.n_fit]
+    report = {"model": args.model, "device": args.device, "n_prompts": len(prompts), "batch_size": args.batch_size,
+              "max_new_tokens": args.max_new_tokens, "models": {},
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}}
     print(f"{args.model}, {len(prompts)} AdvBench prompts, batch {args.batch_size}, {args.max_new_tokens} new tokens, "
-          f"{args.dtype} on {args.device}")
-    print("base")
-    report["models"]["base"] = measure(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
-    if args.adapter:
-        print("es2")
-        tuned = adapters.load_tuned(model, Path(args.adapter))
-        report["models"]["es2"] = measure(tuned, tokenizer, prompts, args.max_new_tokens, args.batch_size)
-    for which, m in report["models"].items():
-        print(f"{which}: greedy {m['speedup_vs_generate']['greedy']:.2f}x, with verdict stop "
-              f"{m['speedup_vs_generate']['greedy_verdict_stop']:.2f}x; identical to generate "
-              f"{m['identical_to_generate']:.0%}; verdicts agree {m['verdict_agreement_with_generate']}")
-    write_json(Path(args.out), report)
+          f"on {args.device}")
+    for which in ["base", "es2"] if args.adapter else ["base"]:
+        print(which)  # the adapter is loaded after the base model is measured (peft wraps the base in place)
+        m, is_base = (model, True) if which == "base" else (adapters.load_tuned(model, Path(args.adapter)), False)
+        result, responses = measure(m, tokenizer, prompts, args, is_base, bf16 if which == "base" else None)
+        result["screen"] = screen(m, tokenizer, prompts, responses, result["seconds"]["library"], harmless,
+                                  fit_prompts, args, is_base)
+        report["models"][which] = result
+        write_json(Path(args.out), report)  # what is measured so far survives a crash
 
 
 if __name__ == "__main__":

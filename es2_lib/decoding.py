@@ -10,8 +10,7 @@ peft-wrapped causal language models, under residual-stream edits (`hooks.edit_re
 prompt's own (`row_edits`).
 
 The tokens every prompt of a call starts with (the chat template's fixed head: the system prompt) run through the
-model once per call (`shared_head`); each prefill starts from their cache. Not under an edit: an edited forward
-(e.g. SCAV's move of the last position) must see each prompt whole.
+model once per call (`batching.shared_head`); each prefill starts from their cache.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from es2_lib import hooks
-from es2_lib.batching import check_fits, left_pad
+from es2_lib.batching import SharedHead, check_fits, head_inputs, shared_head
 from es2_lib.hooks import position_ids
 from es2_lib.models import chat_prompt
 from es2_lib.progress import progress as progress_bar
@@ -40,48 +39,24 @@ class _Row:
     tokens: list[int] = field(default_factory=list)  # generated so far
 
 
-@dataclass(frozen=True)
-class SharedHead:
-    """The first `length` tokens of every prompt of a call and their KV cache (batch 1), computed once."""
-
-    length: int
-    cache: DynamicCache
-
-
-def shared_head(model: PreTrainedModel, ids: Sequence[Sequence[int]]) -> SharedHead | None:
-    """The longest token prefix all `ids` share (leaving every row at least one token of its own), run once; None
-    when they share fewer than 2 tokens or a residual edit is open (`hooks.editing`)."""
-    if not ids or hooks.editing(model):
-        return None
-    length = min(len(row) for row in ids) - 1
-    for row in ids:
-        length = next((k for k in range(length) if row[k] != ids[0][k]), length)
-    if length < 2:
-        return None
-    device = model.get_input_embeddings().weight.device
-    head = torch.tensor([list(ids[0][:length])], device=device)
-    with torch.inference_mode():
-        out = model(input_ids=head, attention_mask=torch.ones_like(head), past_key_values=DynamicCache(),
-                    use_cache=True, logits_to_keep=1)
-    return SharedHead(length, out.past_key_values)
-
-
-def prefill(model: PreTrainedModel, rows: Sequence[Sequence[int]], pad_id: int, head: SharedHead | None = None
-            ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
-    """One forward over token `rows` (left-padded; the first `head.length` tokens of each taken from `head`'s
-    cache): next-token logits at each row's last token [n, vocab], the KV cache and its mask [n, width]."""
-    device = model.get_input_embeddings().weight.device
-    cut = head.length if head else 0
-    ids, mask = left_pad([row[cut:] for row in rows], pad_id, device)
-    cache = DynamicCache()
-    if head:
-        for layer, cached in enumerate(head.cache.layers):
-            cache.update(cached.keys.expand(len(rows), -1, -1, -1).contiguous(),
-                         cached.values.expand(len(rows), -1, -1, -1).contiguous(), layer)
-        mask = torch.cat([mask.new_ones(len(rows), cut), mask], 1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, cut:], past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], out.past_key_values, mask
+def prefill(model: PreTrainedModel, rows: Sequence[Sequence[int]] | Sequence[torch.Tensor], pad_id: int,
+            head: SharedHead | None = None) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+    """One forward over `rows`, token ids (from `head`'s cache when given, `batching.shared_head`) or input
+    embeddings [length, hidden] each, left-padded: next-token logits at each row's last position [n, vocab], the KV
+    cache and its mask [n, width]."""
+    embed = model.get_input_embeddings()
+    if rows and isinstance(rows[0], torch.Tensor):  # embeddings, padded with the pad token's
+        pad = embed(torch.tensor([pad_id], device=embed.weight.device))[0]
+        width = max(len(r) for r in rows)
+        inputs = {"inputs_embeds": torch.stack([torch.cat([pad.expand(width - len(r), -1), r]) for r in rows]),
+                  "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows],
+                                                 device=embed.weight.device)}
+        inputs["position_ids"] = position_ids(inputs["attention_mask"])
+    else:
+        inputs = head_inputs(rows, pad_id, embed.weight.device, head)
+    past = {} if head else {"past_key_values": DynamicCache()}
+    out = model(**inputs, **past, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.past_key_values, inputs["attention_mask"]
 
 
 def _pad_cache_left(cache: DynamicCache, width: int) -> None:
@@ -131,8 +106,20 @@ def greedy(
     EOS, after `max_new_tokens`, or as soon as `stop(decoded response so far)` is true (its text is then that).
     `row_edits[l]` edits the residual stream at layer l in every forward, knowing which prompt each row is, so a
     prompt keeps its own edit while rows come and go."""
+    texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
+    ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"] if texts else []
+    return greedy_tokens(model, tokenizer, ids, max_new_tokens, batch_size, stop, progress, row_edits)
+
+
+def greedy_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                  ids: Sequence[Sequence[int]] | Sequence[torch.Tensor], max_new_tokens: int, batch_size: int = 8,
+                  stop: Stop | None = None, progress: bool = False,
+                  row_edits: Mapping[int, RowEdit] | None = None) -> list[str]:
+    """`greedy` for prompts given as token ids (e.g. an attack's exact token sequence, which need not survive a
+    round trip through text) or as input embeddings [length, hidden] each (e.g. with a soft prompt inside)."""
+    rows = [row if isinstance(row, torch.Tensor) else list(row) for row in ids]
     with edited_rows(model, row_edits) as in_batch:
-        return _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, stop, chat, progress, in_batch)
+        return _greedy(model, tokenizer, rows, max_new_tokens, batch_size, stop, progress, in_batch)
 
 
 @contextlib.contextmanager
@@ -145,15 +132,14 @@ def edited_rows(model: PreTrainedModel, row_edits: Mapping[int, RowEdit] | None)
         yield in_batch
 
 
-def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int,
-            batch_size: int, stop: Stop | None, chat: bool, progress: bool, in_batch: list[torch.Tensor]
+def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[list[int]] | list[torch.Tensor],
+            max_new_tokens: int, batch_size: int, stop: Stop | None, progress: bool, in_batch: list[torch.Tensor]
             ) -> list[str]:
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"greedy needs max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
-    texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
-    ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"] if texts else []
     check_fits([len(row) for row in ids], getattr(model.config, "max_position_embeddings", None), max_new_tokens)
-    head = shared_head(model, ids)  # None under edits (row_edits included)
+    with torch.inference_mode():  # None under edits (row_edits included) and for embeddings
+        head = shared_head(model, ids) if ids and not isinstance(ids[0], torch.Tensor) else None
     waiting = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: memory peaks early
     eos = model.generation_config.eos_token_id  # what generate stops at: an id or a list of ids
     eos = set(eos if isinstance(eos, list) else [tokenizer.eos_token_id if eos is None else eos])

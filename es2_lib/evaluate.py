@@ -21,7 +21,7 @@ from torch import nn
 
 from . import judges, stats
 from .adapters import base_model
-from .batching import prompt_target_batch, target_nll
+from .batching import prompt_target_batch, shared_head, target_nll
 from .models import chat_prompt
 
 WORD = re.compile(r"\w+")
@@ -57,9 +57,11 @@ def response_perplexity(
         resp_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
         if resp_ids:
             rows.append((i, tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"], resp_ids))
+    head = shared_head(model, [p for _, p, _ in rows])  # the chat template's fixed head, run once
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        batch = prompt_target_batch([p for _, p, _ in chunk], [r for _, _, r in chunk], tokenizer.pad_token_id, device)
+        batch = prompt_target_batch([p for _, p, _ in chunk], [r for _, _, r in chunk], tokenizer.pad_token_id, device,
+                                    head)
         nll = target_nll(model, batch)  # [b, longest response], 0 left of a shorter one
         for row, (i, _, resp_ids) in enumerate(chunk):
             out[i] = math.exp(nll[row, -len(resp_ids):].mean().item())

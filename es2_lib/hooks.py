@@ -77,9 +77,12 @@ def _capturing(model: nn.Module, layers: list[int], capture: Callable[[int, torc
 
 
 def _model_inputs(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The forward's arguments; a `past_key_values` (e.g. `batching.head_inputs`' copy of a shared head) and its
+    `position_ids` pass through."""
     mask = inputs["attention_mask"]
-    embedded = {key: inputs[key] for key in ("input_ids", "inputs_embeds") if key in inputs}
-    return {**embedded, "attention_mask": mask, "position_ids": position_ids(mask), "use_cache": False}
+    given = {key: inputs[key] for key in ("input_ids", "inputs_embeds", "past_key_values") if key in inputs}
+    return {**given, "attention_mask": mask, "position_ids": inputs.get("position_ids", position_ids(mask)),
+            "use_cache": False}
 
 
 def run_with_cache(model: nn.Module, inputs: Mapping[str, torch.Tensor], layers: list[int], position: int | None = -1,

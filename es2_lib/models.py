@@ -10,6 +10,7 @@ Remote code is never trusted.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from .model_cache import ModelLoadError, prepare_embedded, tiny_model_dir
 
-__all__ = ["ModelLoadError", "model_folder", "load_model", "resolve_device", "prepare_tokenizer", "chat_prompt", "decoder_layers",
+__all__ = ["ModelLoadError", "model_folder", "load_model", "native_bf16", "resolve_device", "prepare_tokenizer", "chat_prompt", "decoder_layers",
            "num_layers", "decoder_and_head"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,6 +32,16 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} was asked for but torch sees no CUDA device")
     return torch.device(device)
+
+
+def native_bf16() -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX flags in /proc/cpuinfo;
+    False where that cannot be read). Without it a bfloat16 model on the CPU is emulated, and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 # --- loading ----------------------------------------------------------------------------------------
@@ -79,6 +90,9 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return (model in eval mode on `device`, tokenizer with left padding) for a model spec."""
     torch_dtype = DTYPES[dtype]
+    if dtype == "bfloat16" and resolve_device(device).type == "cpu" and not native_bf16():
+        warnings.warn("dtype bfloat16 on a CPU without native bfloat16 (AVX512-BF16 or AMX) is emulated and slower "
+                      "than float32; use dtype: float32 here", stacklevel=2)
     hf_logging.disable_progress_bar()  # loading takes seconds; its bar would only clutter the notebooks
     if spec == "embedded":
         model, tokenizer = _pretrained(prepare_embedded(), torch_dtype)

@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from es2_lib import decoding
+from es2_lib import batching, decoding
 from es2_lib.batching import check_fits, length_sorted
 from es2_lib.models import chat_prompt
 
@@ -36,13 +36,13 @@ def first_token_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
                          batch_size: int = 8, row_edits: Mapping[int, decoding.RowEdit] | None = None
                          ) -> torch.Tensor:
     """log P(first response token) [n, vocab] for each chat-formatted prompt, from one forward each (from the chat
-    head's cache, `decoding.shared_head`), float32 on the CPU. `row_edits` as in `decoding.greedy`: each prompt its
+    head's cache, `batching.shared_head`), float32 on the CPU. `row_edits` as in `decoding.greedy`: each prompt its
     own edit (e.g. its own attack strength), so one pass screens a different strength per prompt."""
     ids = tokenizer([chat_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
     check_fits([len(row) for row in ids], getattr(model.config, "max_position_embeddings", None), 1)
     out = torch.empty(len(prompts), model.get_output_embeddings().out_features)
     with torch.inference_mode(), decoding.edited_rows(model, row_edits) as in_batch:
-        head = decoding.shared_head(model, ids)
+        head = batching.shared_head(model, ids)
         for index in length_sorted([len(row) for row in ids], batch_size):
             in_batch[:] = [torch.tensor(index, device=model.get_input_embeddings().weight.device)]
             logits, _, _ = decoding.prefill(model, [ids[i] for i in index], tokenizer.pad_token_id, head)

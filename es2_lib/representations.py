@@ -5,7 +5,8 @@ ES2's separation loss, the linear probes that find the emergence layers, and the
 read the residual-stream state of the last prompt token after the chat template with the generation prompt:
 layer 0 is the embedding output, layer `l` the output of decoder block `l` before the final norm. This module
 chat-formats and tokenizes prompts (left padding, so position -1 is every row's last prompt token) and reads those
-states for many prompts in length-sorted batches; each read stops the forward after the deepest requested layer.
+states for many prompts in length-sorted batches, from the cache of the chat template's fixed head
+(`batching.shared_head`); each read stops the forward after the deepest requested layer.
 """
 
 from __future__ import annotations
@@ -53,13 +54,13 @@ def last_token_states(
     layers = hooks.check_layers(model, layers)
     device = model.get_input_embeddings().weight.device
     texts = _texts(tokenizer, prompts, responses)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    batching.check_fits(lengths, getattr(model.config, "max_position_embeddings", None))
-    batches = batching.length_sorted(lengths, batch_size)  # longest first: memory peaks early
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    batching.check_fits([len(row) for row in ids], getattr(model.config, "max_position_embeddings", None))
+    batches = batching.length_sorted([len(row) for row in ids], batch_size)  # longest first: memory peaks early
     states = torch.empty(len(prompts), len(layers), model.config.hidden_size)  # [n, layers, hidden]
     with torch.inference_mode():
+        head = batching.shared_head(model, ids)  # the chat template's fixed head, run once
         for index in progress_bar(batches, desc="hidden states") if progress else batches:
-            batch = encode_prompts(tokenizer, [prompts[i] for i in index], device,
-                                   None if responses is None else [responses[i] for i in index])
+            batch = batching.head_inputs([ids[i] for i in index], tokenizer.pad_token_id, device, head)
             states[index] = hooks.run_with_cache(model, batch, layers).float().cpu()
     return states

@@ -159,16 +159,19 @@ def test_soft_prompt_stops_once_greedy_decoding_gives_the_target(tiny):
     assert torch.equal(result["control"][0], result["init"])
 
 
-def test_generate_with_control_matches_generating_from_token_ids(tiny):
-    model, tokenizer = tiny
+def test_generate_with_control_matches_generating_from_token_ids(lively):
+    model, tokenizer = lively
+    prompts = PROMPTS + [f"Write item {i} of a list." for i in range(3)]  # rows of several lengths, batch of 2
     control_ids = tokenizer(" thanks a lot", add_special_tokens=False)["input_ids"]
-    control = model.get_input_embeddings().weight[control_ids].detach().expand(2, -1, -1)
-    with_control = soft_prompt.generate_with_control(model, tokenizer, PROMPTS, control, max_new_tokens=5)
-    for prompt, text in zip(PROMPTS, with_control):
+    control = model.get_input_embeddings().weight[control_ids].detach().expand(len(prompts), -1, -1)
+    with_control = soft_prompt.generate_with_control(model, tokenizer, prompts, control, max_new_tokens=8,
+                                                     batch_size=2)
+    for prompt, text in zip(prompts, with_control):
         before, after = soft_prompt.split_chat(tokenizer, prompt)
         ids = torch.tensor([before + control_ids + after])
-        out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         assert text == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert len(set(with_control)) > 1
 
 
 # --- running and reporting ------------------------------------------------------------------------------------------
@@ -264,3 +267,18 @@ def test_repe_with_a_coefficient_per_prompt_equals_one_run_per_coefficient(livel
     with repe.steer(model, layers, direction, unit, float(coeffs[4])):
         alone = refusal_screen.first_token_logprobs(model, tokenizer, prompts[4:], 1)
     torch.testing.assert_close(screened[4:], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_scav_with_a_target_per_prompt_equals_one_run_per_target(lively):
+    model, tokenizer = lively
+    prompts = [f"Describe step {i} of the plan in detail." for i in range(5)]
+    hidden = model.config.hidden_size
+    g = torch.Generator().manual_seed(4)
+    probes = {"weight": torch.randn(2, hidden, generator=g) * 0.05, "bias": torch.tensor([8.0, 8.0]),
+              "accuracy": torch.tensor([0.95, 0.95]), "layers": torch.tensor([2, 3])}
+    p0 = torch.tensor([0.5, 0.001, 0.2, 0.9, 0.01])
+    per_row = decoding.greedy(model, tokenizer, prompts, 8, batch_size=2, row_edits=scav.row_targets(probes, p0, 0.9))
+    for i, prompt in enumerate(prompts):
+        with scav.perturb(model, probes, float(p0[i]), 0.9):
+            assert per_row[i] == decoding.greedy(model, tokenizer, [prompt], 8, batch_size=1)[0], i
+    assert len(set(per_row)) > 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import peft
 import torch
 
-from es2_lib import data, decoding, hooks, models
+from es2_lib import batching, data, decoding, hooks, models
 
 PROMPTS = [r["prompt"] for r in data.load_prompts("advbench")[:13]]
 
@@ -74,17 +74,18 @@ def test_each_row_keeps_its_own_edit_as_rows_come_and_go(lively):
     assert len(set(edited)) > 1
 
 
-def test_the_chat_head_runs_once_and_not_under_an_edit(lively):
+def test_the_chat_head_runs_once_and_not_under_an_edit_or_with_gradients(lively):
     model, tokenizer = lively
     ids = tokenizer([models.chat_prompt(tokenizer, p) for p in PROMPTS[:4]], add_special_tokens=False)["input_ids"]
-    head = decoding.shared_head(model, ids)
+    assert batching.shared_head(model, ids) is None  # gradients on: a training forward must see each row whole
+    with torch.inference_mode():
+        head = batching.shared_head(model, ids)
+        with hooks.edit_residual(model, {1: lambda h: h}):
+            assert batching.shared_head(model, ids) is None
+        logits, _, mask = decoding.prefill(model, ids, tokenizer.pad_token_id, head)
+        whole, _, _ = decoding.prefill(model, ids, tokenizer.pad_token_id)
     fixed = models.chat_prompt(tokenizer, "\x00").split("\x00")[0]  # the template up to the user's text
     assert head is not None and head.length == len(tokenizer(fixed, add_special_tokens=False)["input_ids"])
     assert all(row[:head.length] == ids[0][:head.length] for row in ids)
-    with hooks.edit_residual(model, {1: lambda h: h}):
-        assert decoding.shared_head(model, ids) is None
-    assert decoding.shared_head(model, ids) is not None
-    logits, _, mask = decoding.prefill(model, ids, tokenizer.pad_token_id, head)
-    whole, _, _ = decoding.prefill(model, ids, tokenizer.pad_token_id)
     assert mask.shape[1] == max(len(row) for row in ids)
     torch.testing.assert_close(logits, whole, atol=1e-4, rtol=1e-4)

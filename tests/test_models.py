@@ -1,5 +1,6 @@
 import importlib
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -118,3 +119,14 @@ def test_embedded_model_loads_verified(embedded):
     model, tokenizer = embedded
     assert model.config.num_hidden_layers == 24 and model.config.hidden_size == 896
     assert "<|im_start|>assistant" in models.chat_prompt(tokenizer, "hi")
+
+
+def test_bfloat16_on_a_cpu_without_native_bfloat16_warns(monkeypatch):
+    monkeypatch.setattr(models, "native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        model, _ = models.load_model("tiny", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    monkeypatch.setattr(models, "native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        models.load_model("tiny", dtype="bfloat16")

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from .. import decoding
 from ..generation import generate
+from ..judges import is_refusal
 from ..models import chat_prompt, decoder_and_head
 from .common import Outcome
 
@@ -91,11 +93,9 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def respond(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ids: Tensor, max_new_tokens: int) -> str:
-    """Greedy response to one tokenised chat prompt [length], for the success checks."""
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids[None]), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+    """Greedy response to one tokenised chat prompt [length], for the success checks (`is_refusal`): it stops
+    as soon as the keyword judge counts it a refusal, so a failed check ends at its refusal's opening words."""
+    return decoding.greedy_tokens(model, tokenizer, [ids.tolist()], max_new_tokens, batch_size=1, stop=is_refusal)[0]
 
 
 # --- one search and a whole attack -----------------------------------------------------------------

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .. import probes as linear_probes
+from ..decoding import RowEdit
 from ..generation import generate
 from ..hooks import edit_residual
 from .common import Outcome
@@ -37,12 +38,15 @@ def fit(harmful: torch.Tensor, harmless: torch.Tensor, layers: list[int], C: flo
     return {**fitted, "accuracy": accuracy, "layers": torch.tensor(layers)}
 
 
-def shift(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | float, p0: float) -> tuple[torch.Tensor, torch.Tensor]:
+def shift(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | float, p0: float | torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """The SCAV move of states [..., hidden] under one probe: states with P(harmful) > p0 go to exactly p0 along
-    the probe normal, the others stay. Returns (moved states, ‖ε‖ [...], 0 where nothing moved)."""
+    the probe normal, the others stay (`p0` a number, or a tensor [...] of each state's own). Returns (moved
+    states, ‖ε‖ [...], 0 where nothing moved)."""
     norm = weight.norm()
     logit = states @ weight + bias  # [...]
-    eps = (math.log(p0 / (1 - p0)) - logit).clamp(max=0) / norm  # [...], signed: <= 0 moves against w
+    target = math.log(p0 / (1 - p0)) if isinstance(p0, float) else torch.logit(p0.double()).to(logit)
+    eps = (target - logit).clamp(max=0) / norm  # [...], signed: <= 0 moves against w
     return states + eps[..., None] * (weight / norm), -eps
 
 
@@ -91,6 +95,22 @@ def perturb(model: nn.Module, probes: dict[str, torch.Tensor], p0: float, p1: fl
     edits = {int(probes["layers"][i]): edit(probes["weight"][i].float(), probes["bias"][i].float()) for i in eligible}
     with edit_residual(model, edits):
         yield moves
+
+
+def row_targets(probes: dict[str, torch.Tensor], p0: torch.Tensor, p1: float) -> dict[int, RowEdit]:
+    """`decoding.greedy`'s row_edits for `perturb` with a target of each prompt's own (`p0` [n prompts]), the same
+    move as `perturb` with that target: one batched pass runs many attack strengths (a budget bisection)."""
+    def edit(weight: torch.Tensor, bias: torch.Tensor) -> RowEdit:
+        def apply(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # [batch, seq, hidden]
+            last = hidden[:, -1].float()
+            moved, _ = shift(last, weight.to(last.device), bias.to(last.device), p0.to(last.device)[rows])
+            hidden = hidden.clone()
+            hidden[:, -1] = moved.to(hidden.dtype)
+            return hidden
+        return apply
+
+    eligible = (probes["accuracy"] > p1).nonzero().flatten().tolist()
+    return {int(probes["layers"][i]): edit(probes["weight"][i].float(), probes["bias"][i].float()) for i in eligible}
 
 
 def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], probes: dict[str, torch.Tensor],

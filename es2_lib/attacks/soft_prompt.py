@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from .. import decoding, judges
 from ..batching import left_pad
 from ..hooks import position_ids
 from ..models import chat_prompt, decoder_and_head
@@ -150,24 +151,17 @@ def generate_with_control(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], control: torch.Tensor,
     max_new_tokens: int, batch_size: int = 8,
 ) -> list[str]:
-    """Greedy responses with each prompt's control embeddings [n, tokens, hidden] after its instruction."""
+    """Greedy responses with each prompt's control embeddings [n, tokens, hidden] after its instruction (continuous
+    batching, `decoding.greedy_tokens`), each stopped at its verdict (`judges.settled`: they are only judged)."""
     embed = model.get_input_embeddings()
     device, dtype = embed.weight.device, embed.weight.dtype
-    pad = embed(torch.tensor([tokenizer.pad_token_id], device=device))[0]  # [hidden]
-    responses = []
-    for start in range(0, len(prompts), batch_size):
-        rows = []
-        for prompt, ctrl in zip(prompts[start:start + batch_size], control[start:start + batch_size]):
+    rows = []
+    with torch.inference_mode():
+        for prompt, ctrl in zip(prompts, control):
             pre, suf = split_chat(tokenizer, prompt)
             ids = lambda x: torch.tensor(x, device=device)  # noqa: E731
             rows.append(torch.cat([embed(ids(pre)), ctrl.to(device, dtype), embed(ids(suf))]))  # [len, hidden]
-        width = max(len(r) for r in rows)
-        embeds = torch.stack([torch.cat([pad.expand(width - len(r), -1), r]) for r in rows])  # left-padded
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)  # [b, new]: only new tokens
-        responses += [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
-    return responses
+    return decoding.greedy_tokens(model, tokenizer, rows, max_new_tokens, batch_size, stop=judges.settled)
 
 
 def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict], budget: SoftPromptBudget,
