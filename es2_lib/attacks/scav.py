@@ -61,7 +61,7 @@ class Moves:
     def summary(self) -> dict[str, float]:
         """l2: mean ‖ε‖ over the (prompt, layer) moves at the prompt's last token; relative: the same over the state
         norm; moved: share of (prompt, eligible layer) pairs that needed a move; l2_steps: mean ‖ε‖ of the moves at
-        generated tokens (finished rows of a batch included)."""
+        generated tokens (of rows still generating: a finished row leaves the batch)."""
         eps = torch.cat(self.prompt_eps) if self.prompt_eps else torch.zeros(0)
         rel = eps / torch.cat(self.prompt_norm) if self.prompt_norm else torch.zeros(0)
         steps = torch.cat(self.step_eps) if self.step_eps else torch.zeros(0)
