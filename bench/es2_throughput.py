@@ -62,8 +62,11 @@ def baseline_step(trainer: ES2Trainer, step: int) -> int:
     b = len(h_idx)
     with model.disable_adapter(), torch.no_grad():
         base = model(**batch, position_ids=positions, use_cache=False).logits[:, -1].float().log_softmax(-1)
-    retain = objective.kl_divergence(base[:b], logp[:b]).mean()  # the bench runs es2_retain = "kl"
-    loss, _ = trainer.objective(states[:b], states[b:], logp[b:], base[b:], retain)
+    retain = objective.kl_divergence(base[:b], logp[:b]).mean()  # the bench runs the es2_retain arm, retain "kl"
+    c = trainer.config
+    kl = objective.harmless_kl(base[b:], logp[b:], c.es2_kl).mean()
+    loss, _ = objective.es2_loss(states[:b], states[b:], trainer.scale, kl, retain, distance=c.es2_distance,
+                                 margin=c.es2_margin, lambda_kl=c.es2_lambda_kl, retain_weight=c.es2_retain_weight)
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     trainer.optimizer.step()
@@ -90,8 +93,9 @@ def main() -> None:
     harmless = read_prompts(ROOT / "data/alpaca/alpaca_instructions.json", "instruction", n)
     p = params.from_mapping(dict(model=args.model, dtype=args.dtype, device=args.device, es2_batch_size=args.batch_size,
                                  batch_size=args.batch_size, es2_steps=10**6, kl_threshold=float("inf"), es2_retain="kl",
-                                 es2_checkpoint_every=0))
-    trainer = ES2Trainer(model, tokenizer, harmful, harmless, layers, TrainConfig.of(p.to_dict()))
+                                 es2_checkpoint_every=0, kl_guard_every=10**6))
+    trainer = ES2Trainer(model, tokenizer, harmful, harmless, layers, TrainConfig.of(p.to_dict(), "es2_retain"),
+                         heldout=harmless[:1])
     times: dict[str, list[float]] = {"ours": [], "baseline": []}
     tokens: dict[str, list[int]] = {"ours": [], "baseline": []}
     for step in range(args.steps + 1):  # step 0 is the warm-up of each method

@@ -2,7 +2,7 @@
 
 `attach_adapter` makes the model trainable, `base_model` gives the base network back without a second copy (the
 LoRA adapter disabled), `save_adapter` / `load_tuned` write a trained adapter and put it back on a freshly loaded
-base model. See docs/architecture.md, 'ES2 objective'.
+base model. See docs/architecture.md, 'Arms'.
 """
 
 from __future__ import annotations
@@ -17,22 +17,32 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
 
-from . import runs
+from . import models, runs
 
 
 def attach_adapter(model: nn.Module, adapter: str, seed: int, lora_r: int, lora_alpha: float, lora_dropout: float,
-                   lora_targets: Sequence[str]) -> nn.Module:
+                   lora_targets: Sequence[str], blocks: Sequence[int] | None = None) -> nn.Module:
     """`adapter` "lora": a LoRA-wrapped PeftModel (only the adapter trains; its initial weights drawn after
-    `torch.manual_seed(seed)`); "full": the model itself with every weight trainable."""
+    `torch.manual_seed(seed)`); "full": the model itself with every weight trainable. `blocks`: only these decoder
+    blocks (0-based) get LoRA, or with "full" train (None: all blocks; "full" then trains every weight)."""
     torch.manual_seed(seed)
     if adapter == "lora":
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                            target_modules=list(lora_targets), task_type="CAUSAL_LM")
+                            target_modules=list(lora_targets), task_type="CAUSAL_LM",
+                            layers_to_transform=None if blocks is None else list(blocks))
         with warnings.catch_warnings():  # peft calls a deprecated transformers property
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return get_peft_model(model, config)
+    if blocks is None:
+        for weight in model.parameters():
+            weight.requires_grad_(True)
+        return model
     for weight in model.parameters():
-        weight.requires_grad_(True)
+        weight.requires_grad_(False)
+    layers = models.decoder_layers(model)
+    for block in blocks:
+        for weight in layers[block].parameters():
+            weight.requires_grad_(True)
     return model
 
 

@@ -194,12 +194,12 @@ def load_pairs(name: str) -> list[dict]:
     return [pair for pair in pairs if pair["prompt"] and (pair["response"] or "").strip()]  # 2 Code Alpaca outputs are empty
 
 
-def load_refusals(path: str, limit: int | None = None) -> list[tuple[str, str]]:
+def load_refusals(path: str, limit: int | None = None, refusals_only: bool = True) -> list[tuple[str, str]]:
     """(instruction, response) pairs of a JSON list of {instruction, input, output} (relative paths are below
-    data/) whose response the paper's keyword judge counts as a refusal."""
+    data/) whose response the paper's keyword judge counts as a refusal (every pair with `refusals_only` off)."""
     rows = json.loads(refusal_file(path).read_text(encoding="utf-8"))
     pairs = [("\n\n".join(filter(None, [r["instruction"], r.get("input", "")])), r["output"]) for r in rows]
-    return [pair for pair in pairs if judges.is_refusal(pair[1])][:limit]
+    return [pair for pair in pairs if not refusals_only or judges.is_refusal(pair[1])][:limit]
 
 
 def _strip_frame(prompt: str) -> str:

@@ -53,7 +53,7 @@ def fine_tune(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     `attach` makes the model trainable: it returns a peft LoRA wrapper (its layers are trained, read and removed)
     or the model itself with trainable weights (full tuning: every weight is restored after reading the change);
     stage 07 passes ES2's adapter settings. The loss is the cross-entropy of the first `response_tokens` response
-    tokens after the chat prompt (objective.refusal_ce), AdamW at a constant `lr`, batches drawn in an order seeded by
+    tokens after the chat prompt (objective.response_ce), AdamW at a constant `lr`, batches drawn in an order seeded by
     `seed` and `name` (also the progress label) that cycles through `pairs`."""
     if isinstance(model, PeftModel):
         raise TypeError("fine_tune needs a plain model (apply other updates with `applied`, not a peft wrapper)")
@@ -71,7 +71,7 @@ def fine_tune(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         tuned.train()
         for step in progress_bar(range(steps), desc=name):
             batch = [pairs[i] for i in order[step * batch_size:(step + 1) * batch_size]]
-            loss = objective.refusal_ce(tuned, tokenizer, [(r["prompt"], r["response"]) for r in batch], response_tokens)
+            loss = objective.response_ce(tuned, tokenizer, [(r["prompt"], r["response"]) for r in batch], response_tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,9 +1,11 @@
-"""The ES2 objective (paper Section 3): L = L_dist + lambda * KL, plus a retain term that keeps refusals.
+"""The training objectives of the arms (paper Section 3 for ES2; docs/architecture.md, 'Arms').
 
-L_dist rewards the distance between harmful and harmless last-prompt-token states at the ES2 layers; the KL of the
-next token on harmless prompts, KL(p_base || p_ES2), keeps ordinary behaviour; the retain term (next-token KL on
-harmful prompts, or the cross-entropy of refusals) keeps the model refusing. The choices the paper leaves open
-are params keys; see docs/architecture.md, 'ES2 objective'.
+ES2: L = L_dist + lambda * KL on harmless prompts, where L_dist rewards the distance between harmful and harmless
+last-prompt-token states at the ES2 layers (the paper: the mean L2 distance over all harmful x harmless pairs) and
+the KL of the next token keeps ordinary behaviour; the ES2 + retain arm adds a term that keeps the model refusing
+(next-token KL on harmful prompts, or the cross-entropy of refusals). STL: the cross-entropy of safety responses
+plus the same KL. RR (Circuit Breakers, Zou et al. 2024): ReLU of the cosine between tuned and base harmful states
+plus the L2 distance of tuned to base harmless states. The choices the papers leave open are params keys.
 """
 
 from __future__ import annotations
@@ -31,41 +33,59 @@ def layer_distance(harmful: torch.Tensor, harmless: torch.Tensor, scale: torch.T
     raise ValueError(f"unknown es2_distance {distance!r}; expected 'centroid', 'pairwise' or 'bounded'")
 
 
-def kl_divergence(base_logp: torch.Tensor, tuned_logp: torch.Tensor) -> torch.Tensor:
-    """KL(p_base ‖ p_tuned) per row of log-probabilities [batch, vocab] -> [batch] (nats)."""
-    return (base_logp.exp() * (base_logp - tuned_logp)).sum(-1)
+def kl_divergence(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per row of log-probabilities [batch, vocab] -> [batch] (nats)."""
+    return (p_logp.exp() * (p_logp - q_logp)).sum(-1)
+
+
+def harmless_kl(base_logp: torch.Tensor, tuned_logp: torch.Tensor, direction: str) -> torch.Tensor:
+    """The KL term per row [batch]: `direction` "tuned_base" = KL(p_tuned ‖ p_base) (the paper's), "base_tuned" =
+    KL(p_base ‖ p_tuned)."""
+    if direction == "tuned_base":
+        return kl_divergence(tuned_logp, base_logp)
+    if direction == "base_tuned":
+        return kl_divergence(base_logp, tuned_logp)
+    raise ValueError(f"unknown es2_kl {direction!r}; expected 'tuned_base' or 'base_tuned'")
 
 
 def es2_loss(
     harmful_states: torch.Tensor,  # [b_h, layers, hidden] last-prompt-token states of harmful prompts
     harmless_states: torch.Tensor,  # [b_s, layers, hidden] the same for harmless prompts
     scale: torch.Tensor,  # [layers] the base model's mean state norm per ES2 layer
-    harmless_logp: torch.Tensor,  # [b_s, vocab] next-token log-probs of the tuned model on harmless prompts
-    base_harmless_logp: torch.Tensor,  # [b_s, vocab] the same under the base model
-    retain: torch.Tensor,  # [] retain term on harmful prompts (0 when es2_retain = "none")
+    kl: torch.Tensor,  # [] the harmless KL term (harmless_kl, averaged)
+    retain: torch.Tensor,  # [] retain term on harmful prompts (0 for the plain ES2 arm)
     *,
     distance: str,  # es2_distance: "centroid" | "pairwise" | "bounded"
     margin: float,  # es2_margin: a layer's distance stops being rewarded above this; 0: no cap
     lambda_kl: float,  # es2_lambda_kl
     retain_weight: float,  # es2_retain_weight
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """loss = −Σ_layers min(d_l, margin) + λ·KL(base ‖ tuned)[harmless] + w·retain, and its parts."""
+    """loss = −Σ_layers min(d_l, margin) + λ·KL[harmless] + w·retain, and its parts."""
     d = layer_distance(harmful_states.float(), harmless_states.float(), scale, distance)  # [layers]
     rewarded = d.clamp(max=margin) if margin > 0 else d  # the hinge stops rewarding
-    kl = kl_divergence(base_harmless_logp, harmless_logp).mean()  # []
     loss = -rewarded.sum() + lambda_kl * kl + retain_weight * retain
-    return loss, {"distance": d, "kl": kl, "retain": retain,
-                  "harmful_norm": harmful_states.float().norm(dim=-1).mean(0) / scale,  # [layers], 1 = base mean
-                  "harmless_norm": harmless_states.float().norm(dim=-1).mean(0) / scale}
+    return loss, {"distance": d, "kl": kl, "retain": retain}
 
 
-def refusal_ce(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]],
-               n_tokens: int) -> torch.Tensor:
-    """Mean cross-entropy of the first `n_tokens` tokens of each refusal after its chat prompt (teacher forcing),
-    averaged over all scored tokens of the batch."""
+def rr_loss(harmful_states: torch.Tensor, base_harmful_states: torch.Tensor, harmless_states: torch.Tensor,
+            base_harmless_states: torch.Tensor, scale: torch.Tensor, retain_weight: float
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Representation rerouting (Circuit Breakers): Σ_layers mean ReLU(cos(h, h_base)) over the harmful states
+    [b, layers, hidden] + w · Σ_layers mean ‖s − s_base‖ / scale over the harmless ones; the rerouting term is 0
+    once every tuned harmful state is orthogonal (or opposite) to its base state."""
+    cos = F.cosine_similarity(harmful_states.float(), base_harmful_states.float(), dim=-1)  # [b, layers]
+    reroute = F.relu(cos).mean(0).sum()
+    retain = ((harmless_states.float() - base_harmless_states.float()).norm(dim=-1) / scale).mean(0).sum()
+    return reroute + retain_weight * retain, {"reroute": reroute, "retain": retain}
+
+
+def response_ce(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]],
+                n_tokens: int) -> torch.Tensor:
+    """Mean cross-entropy of the first `n_tokens` tokens of each response after its chat prompt (teacher forcing),
+    averaged over all scored tokens of the batch: the refusal retain term, STL's loss and 07's fine-tunes."""
     prompts = [tokenizer(models.chat_prompt(tokenizer, q), add_special_tokens=False)["input_ids"] for q, _ in pairs]
-    refusals = [tokenizer(a, add_special_tokens=False)["input_ids"][:n_tokens] for _, a in pairs]
-    batch = batching.prompt_target_batch(prompts, refusals, tokenizer.pad_token_id,
+    responses = [tokenizer(a, add_special_tokens=False)["input_ids"][:n_tokens] for _, a in pairs]
+    batch = batching.prompt_target_batch(prompts, responses, tokenizer.pad_token_id,
                                          model.get_input_embeddings().weight.device)
-    logits = batching.target_logits(model, batch)  # [b, n, vocab] float32 at the refusal positions only
+    logits = batching.target_logits(model, batch)  # [b, n, vocab] float32 at the response positions only
     return F.cross_entropy(logits.transpose(1, 2), batch.targets, ignore_index=batching.IGNORE)

@@ -153,6 +153,27 @@ def choose_layers(accuracy: list[float], threshold: float, n_emergence: int, n_t
             "fallback": fallback, "threshold": threshold}
 
 
+def matched_layers(accuracy: list[float], threshold: float, n: int) -> dict:
+    """ES2 layers from the held-out accuracy per layer 0..L of a wording-matched probe (harmful prompts vs safe
+    look-alikes with the same words, e.g. XSTest), which wording alone cannot pass.
+
+    Emergence: the first decoder layer whose accuracy >= threshold (if none, round(L/4), and `fallback` is True);
+    peak: the most accurate decoder layer from there on; the `n` layers are spread evenly from emergence to peak
+    (n = 1: the peak), or are the n layers from emergence on when that span is shorter than n."""
+    n_layers = len(accuracy) - 1
+    if not 1 <= n <= n_layers:
+        raise ValueError(f"asked for {n} ES2 layers (n_es2_layers) of a model with decoder layers 1..{n_layers}")
+    reached = [layer for layer in range(1, n_layers + 1) if accuracy[layer] >= threshold]
+    emergence = reached[0] if reached else max(1, round(n_layers / 4))
+    peak = max(range(emergence, n_layers + 1), key=lambda layer: (accuracy[layer], -layer))
+    layers = [peak] if n == 1 else sorted({round(emergence + k * (peak - emergence) / (n - 1)) for k in range(n)})
+    if len(layers) < n:
+        start = min(emergence, n_layers - n + 1)
+        layers = list(range(start, start + n))
+    return {"es2_layers": layers, "emergence": emergence, "peak": peak, "fallback": not reached,
+            "threshold": threshold}
+
+
 def pca_2d(harmful: torch.Tensor, harmless: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """2-D PCA of one layer's states [n, hidden] of both classes: (harmful [n_h, 2], harmless [n_s, 2], explained
     variance ratios)."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 Fraction = Annotated[float, Field(gt=0, le=1)]  # a share of a rank, of an energy or of the depth L
 Depth = Annotated[float, Field(ge=0, le=1)]  # a position in the layer stack as a fraction of the depth L
+Arm = Literal["es2", "es2_retain", "stl", "rr"]  # the training arms of stage 02 (trainer.ARMS)
 SrrSource = Literal["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a run name is one folder name: no separators, no "..", not empty
 DEVICE_PATTERN = r"^(cpu|auto|cuda|cuda:[0-9]+|mps)$"
@@ -76,25 +77,53 @@ class Params(BaseModel):
         5, ge=1, description="cross-validation folds on probe_train for the held-out probe accuracy")
     probe_C: float = Field(
         1.0, ge=0, description="inverse L2 strength of the logistic-regression probes (on standardised states)")
+    es2_layer_rule: Literal["matched", "emergence_terminal"] = Field(
+        "matched", description="matched: n_es2_layers from where a probe of XSTest unsafe vs its safe look-alikes "
+        "first reaches matched_probe_threshold to its most accurate layer; emergence_terminal: the first layers "
+        "whose AdvBench-vs-Alpaca probe reaches probe_threshold plus the last layers")
+    matched_probe_threshold: float = Field(
+        0.8, ge=0.5, le=1, description="matched rule: held-out accuracy of the wording-matched probe that marks emergence")
+    n_es2_layers: int = Field(2, ge=1, description="matched rule: ES2 layers, evenly from emergence to the peak")
     n_emergence_layers: int = Field(
-        1, ge=0, description="ES2 layers from the first layers whose probe accuracy >= probe_threshold")
-    n_terminal_layers: int = Field(1, ge=0, description="ES2 layers from the last decoder layers (L, L-1, ...)")
+        1, ge=0, description="emergence_terminal rule: layers from the first ones whose accuracy >= probe_threshold")
+    n_terminal_layers: int = Field(
+        1, ge=0, description="emergence_terminal rule: layers from the last decoder layers (L, L-1, ...)")
+    arms: list[Arm] = Field(
+        ["es2", "es2_retain", "stl", "rr"], min_length=1,
+        description="arms 02 trains (same data, steps, optimiser, seed, layers): es2 (the paper's objective), "
+        "es2_retain (+ es2_retain term), stl (SFT on safety data + KL), rr (Circuit Breakers); the first is the "
+        "model later stages attack")
+    arm_seeds: list[int] = Field(
+        [], description="extra training seeds (beyond seed) for the arms in seeded_arms: each a full training + eval")
+    seeded_arms: list[Arm] = Field(["es2", "stl"], description="the arms trained again at each of arm_seeds")
+    es2_layer_counts: list[int] = Field(
+        [], description="layer-count ablation (matched rule): the es2 arm also at each of these numbers of layers")
     es2_distance: Literal["centroid", "pairwise", "bounded"] = Field(
-        "centroid",
-        description="centroid/pairwise: Euclidean / base mean norm; bounded: centroids of unit-normalised states")
+        "pairwise",
+        description="pairwise (the paper's)/centroid: Euclidean / base mean norm; bounded: centroids of unit-normalised states")
     es2_margin: float = Field(
         0.0, ge=0, description="hinge: a layer's distance stops being rewarded above this (0 = no hinge)")
     es2_lambda_kl: float = Field(
-        2.0, ge=0, description="weight of KL(base || ES2) of the next token on harmless prompts")
+        2.0, ge=0, description="weight of the harmless next-token KL (es2 and stl arms)")
+    es2_kl: Literal["tuned_base", "base_tuned"] = Field(
+        "tuned_base", description="direction of that KL: KL(p_tuned || p_base) (the paper's) or KL(p_base || p_tuned)")
     kl_threshold: float = Field(
-        0.1, ge=0, description="stop training when the harmless KL (nats) of a step's batch exceeds this")
-    es2_retain: Literal["none", "kl", "refusal_ce"] = Field(
-        "refusal_ce", description="keep refusals: next-token KL to the base on harmful prompts, or CE on refusals")
+        0.1, ge=0, description="stop training once the harmless KL (nats) on held-out prompts exceeds this")
+    kl_guard_every: int = Field(5, ge=1, description="steps between the KL guard's checks on held-out prompts")
+    kl_guard_prompts: int = Field(
+        16, ge=1, description="held-out harmless prompts of the KL guard (the first of the probe-train split)")
+    es2_retain: Literal["kl", "refusal_ce"] = Field(
+        "refusal_ce", description="the es2_retain arm's term: next-token KL to the base on harmful prompts, or CE on "
+        "refusals")
     es2_retain_weight: float = Field(0.5, ge=0, description="weight of the retain term")
     es2_refusal_data: str = Field(
         "safety_tuned_llamas/safety_only_data_Instructions.json",
-        description="refusal_ce: {instruction, output} pairs (below data/), those judged refusals")
-    es2_refusal_tokens: int = Field(16, ge=1, description="refusal_ce: response tokens scored per refusal example")
+        description="{instruction, output} pairs (below data/): refusal_ce uses those judged refusals, stl all")
+    es2_refusal_tokens: int = Field(
+        16, ge=1, description="response tokens scored per example (refusal_ce and stl)")
+    rr_retain_weight: float = Field(1.0, ge=0, description="rr arm: weight of the L2 retain of harmless states")
+    es2_train_layers: Literal["all", "up_to_deepest"] = Field(
+        "all", description="which decoder blocks train: all, or only those up to the deepest ES2 layer")
     es2_adapter: Literal["lora", "full"] = Field("lora", description="LoRA through peft, or full fine-tuning")
     lora_r: int = Field(8, ge=1, description="LoRA rank")
     lora_alpha: float = Field(16.0, ge=0, description="LoRA scaling numerator (scale = alpha / r)")
@@ -239,9 +268,24 @@ class Params(BaseModel):
 
     @model_validator(mode="after")
     def _es2_layers(self, info: ValidationInfo) -> Params:
-        _require(info, self.n_emergence_layers + self.n_terminal_layers > 0,
+        _require(info, self.es2_layer_rule != "emergence_terminal" or self.n_emergence_layers + self.n_terminal_layers > 0,
                  "n_emergence_layers + n_terminal_layers must choose at least one ES2 layer, got 0",
-                 "n_emergence_layers", "n_terminal_layers")
+                 "es2_layer_rule", "n_emergence_layers", "n_terminal_layers")
+        return self
+
+    @model_validator(mode="after")
+    def _ablation_needs_the_matched_rule(self, info: ValidationInfo) -> Params:
+        _require(info, not self.es2_layer_counts or self.es2_layer_rule == "matched",
+                 f"es2_layer_counts {self.es2_layer_counts} needs es2_layer_rule 'matched' (it spreads n layers from "
+                 f"emergence to peak), got {self.es2_layer_rule!r}", "es2_layer_counts", "es2_layer_rule")
+        _require(info, all(n >= 1 for n in self.es2_layer_counts),
+                 f"es2_layer_counts {self.es2_layer_counts} must hold layer counts >= 1", "es2_layer_counts")
+        return self
+
+    @model_validator(mode="after")
+    def _arms_once(self, info: ValidationInfo) -> Params:
+        twice = sorted({arm for arm in self.arms if self.arms.count(arm) > 1})
+        _require(info, not twice, f"arms lists {twice} more than once; expected each arm at most once", "arms")
         return self
 
     @model_validator(mode="after")

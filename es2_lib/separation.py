@@ -1,8 +1,11 @@
-"""Stage 02's held-out evaluation of ES2 (paper Section 3 and its separation figure): base model vs ES2 model.
+"""Stage 02's held-out evaluation of every arm (paper Section 3 and its separation figure) beside the base model.
 
 `measure` takes one model's states at every layer, greedy responses (harmful ones only up to their refusal
-verdict: generation.generate's until_verdict) and harmless next-token distributions on the eval prompts; `compare` turns two measurements into the separation per layer, the ES2/base ratios at the ES2 layers
-and the harmless KL(base || ES2), perplexity and refusal rate. See docs/architecture.md, 'ES2 objective'.
+verdict: generation.generate's until_verdict) and harmless next-token distributions on the eval prompts; `compare`
+turns two measurements into the separation per layer, the tuned/base ratios at the ES2 layers and the harmless KL,
+perplexity and refusal rate; `evaluate_model` adds the judged responses to other sets (out-of-distribution harmful
+prompts, XSTest's safe prompts), `arm_row` one row of the arms table and `paired_comparisons` the paired tests that
+say how much of a gain is separation and how much refusal training. See docs/architecture.md, 'Arms'.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from . import batching, evaluate, generation, hooks, judges, models, probes, representations, results
-from .objective import kl_divergence
+from . import batching, evaluate, generation, hooks, judges, models, probes, representations, results, stats
+from .objective import harmless_kl, layer_distance
 
 
 @torch.no_grad()
@@ -64,18 +68,21 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: dict[
 
 
 def compare(base: dict, tuned: dict, layers: list[int], probe_folds: int, probe_C: float, seed: int,
-            kl_threshold: float) -> dict:
-    """Separation per layer on the held-out states (cross-validated probe accuracy; centroid distance on the base
-    model's scale and on each model's own; Fisher ratio), the ES2/base ratios at the ES2 `layers`, harmless
-    next-token KL(base ‖ ES2) (with the training's `kl_threshold` beside it) and perplexity, and the refusal rates
-    of the harmless responses."""
+            kl_threshold: float, kl_direction: str) -> dict:
+    """Separation per layer on the held-out states (cross-validated probe accuracy; the paper's mean pairwise L2
+    distance and the centroid distance on the base model's scale, the centroid distance on each model's own;
+    Fisher ratio), the tuned/base ratios at the ES2 `layers`, the harmless next-token KL in the training's
+    direction (`kl_direction`, with its `kl_threshold` beside it) and perplexity, and the refusal rates of the
+    harmless responses."""
     scale = probes.mean_norm(base["states"]["harmful"], base["states"]["harmless"])
     separation = {name: probes.separation_metrics(m["states"]["harmful"], m["states"]["harmless"], scale,
                                                   probe_folds, probe_C, seed)
+                  | {"pairwise_distance": layer_distance(m["states"]["harmful"], m["states"]["harmless"], scale,
+                                                         "pairwise").tolist()}
                   for name, m in (("base", base), ("es2", tuned))}
     ratio = {key: [separation["es2"][key][l] / max(separation["base"][key][l], 1e-12) for l in layers]
-             for key in ("centroid_distance", "centroid_distance_own_norm", "fisher")}
-    kl = kl_divergence(base["harmless_logp"], tuned["harmless_logp"])  # [n]
+             for key in ("pairwise_distance", "centroid_distance", "centroid_distance_own_norm", "fisher")}
+    kl = harmless_kl(base["harmless_logp"], tuned["harmless_logp"], kl_direction)  # [n]
     ppl = {name: torch.tensor(m["harmless_ppl"]).nanmedian().item() for name, m in (("base", base), ("es2", tuned))}
     ppl = {name: None if math.isnan(value) else value for name, value in ppl.items()}  # no scorable response
     return {"es2_layers": layers, "separation": separation, "ratio_at_es2_layers": ratio,
@@ -100,3 +107,96 @@ def response_records(prompts: Mapping[str, list[str]], measured: Mapping[str, di
              **(judged[which][i] if cls == "harmful" else {})}
             for which, m in measured.items() for cls in ("harmful", "harmless")
             for i, (prompt, text) in enumerate(zip(prompts[cls], m["responses"][cls]))]
+
+
+def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, heldout: dict[str, list[str]],
+                   other_sets: Mapping[str, list[str]], batch_size: int, max_new_tokens: int, incoherent_ppl: float,
+                   is_base: bool, reference: list[str] | None = None) -> dict:
+    """Everything 02 reports of one model (base or an arm): `measure` on the held-out eval prompts; the judged
+    responses (`evaluate.judge`) to the harmful eval prompts (set "harmful_eval") and to every other set
+    (`other_sets[name]`: out-of-distribution harmful sets for DSR, "xstest_..." sets for over-refusal; stopped at
+    the verdict); and the base network's perplexity of the model's own harmless eval responses (their coherence)."""
+    measured = measure(model, tokenizer, heldout, batch_size, max_new_tokens, reference)
+    judged_sets = {"harmful_eval": heldout["harmful"], **other_sets}
+    responses = {"harmful_eval": measured["responses"]["harmful"],
+                 **{name: generation.generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True,
+                                              until_verdict=True) for name, prompts in other_sets.items()}}
+    judged = {name: evaluate.judge(model, tokenizer, judged_sets[name], responses[name], batch_size, incoherent_ppl,
+                                   is_base) for name in judged_sets}
+    score = evaluate.response_perplexity if is_base else evaluate.base_perplexity
+    own = score(model, tokenizer, heldout["harmless"], measured["responses"]["harmless"], batch_size)
+    return {"measured": measured, "responses": responses, "judged": judged, "harmless_base_ppl": own}
+
+
+def arm_row(evaluated: dict, metrics: dict | None, training: dict | None, incoherent_ppl: float,
+            confidence: float) -> dict:
+    """One row of 02's arms table (a model evaluated by `evaluate_model`; `metrics` from `compare` against the
+    base, `training` its steps and KL guard; both None for the base): exact intervals on every rate."""
+    rate = lambda flags: stats.exact_rate(flags, confidence)  # noqa: E731
+    judged = evaluated["judged"]
+    ppl = [p for p in (evaluated["harmless_base_ppl"] or []) if not math.isnan(p)]
+    harmful = [r for name, rows in judged.items() if not name.startswith("xstest") for r in rows]
+    row = {f"dsr_{name}": rate([r["refused"] for r in rows]) for name, rows in judged.items()
+           if not name.startswith("xstest")}
+    row |= {f"over_refusal_{name}": rate([r["refused"] for r in rows]) for name, rows in judged.items()
+            if name.startswith("xstest")}
+    row |= {"harmless_refused": rate(judges.refusals(evaluated["measured"]["responses"]["harmless"])),
+            "harmless_incoherent": rate([p > incoherent_ppl for p in ppl]) if ppl else None,
+            "harmless_base_ppl_median": float(np.median(ppl)) if ppl else None,
+            "harmful_incoherent": rate([r["incoherent"] for r in harmful])}
+    if metrics is not None:
+        row |= {"layers": metrics["es2_layers"], "ratio_at_layers": metrics["ratio_at_es2_layers"],
+                "heldout_kl": metrics["harmless_kl"]["mean"]}
+    return row | (training or {})
+
+
+# (tuned, reference, what the difference says): the paired comparisons of "how much is separation"
+COMPARISONS = (("es2", "base", "separation alone"), ("es2_retain", "es2", "the retain term on top of separation"),
+               ("stl", "base", "refusal training alone (STL)"),
+               ("es2_retain", "stl", "ES2 + retain against refusal training alone"), ("rr", "base", "rerouting (RR)"))
+
+
+def paired_comparisons(judged: Mapping[str, Mapping[str, list[dict]]], confidence: float, samples: int,
+                       seed: int) -> list[dict]:
+    """For each comparison of COMPARISONS whose two models were evaluated (`judged[model][set]`, `evaluate.judge`
+    rows on the same prompts), per set: the paired difference of the refused share (tuned − reference) with its
+    interval and the exact McNemar test."""
+    rows = []
+    for tuned, reference, what in COMPARISONS:
+        if tuned not in judged or reference not in judged:
+            continue
+        for name in judged[tuned]:
+            a = [r["refused"] for r in judged[reference][name]]
+            b = [r["refused"] for r in judged[tuned][name]]
+            diff = stats.paired_difference(a, b, samples, confidence, seed)
+            rows.append({"tuned": tuned, "reference": reference, "what": what, "set": name,
+                         "reference_rate": float(np.mean(a)), "tuned_rate": float(np.mean(b)),
+                         "difference": diff, "mcnemar": stats.mcnemar_exact(a, b)})
+    return rows
+
+
+def measures(row: Mapping) -> dict[str, float | None]:
+    """The scalar measures of an `arm_row` row: each rate's value, the mean pairwise-distance ratio over its ES2
+    layers, the held-out harmless KL and the median base perplexity of its harmless responses."""
+    out = {key: value["value"] for key, value in row.items() if isinstance(value, dict) and "value" in value}
+    ratio = row.get("ratio_at_layers", {}).get("pairwise_distance")
+    out["pairwise_ratio"] = float(np.mean(ratio)) if ratio else None
+    out["heldout_kl"] = row.get("heldout_kl")
+    out["harmless_base_ppl_median"] = row.get("harmless_base_ppl_median")
+    return out
+
+
+def seed_spread(table: Mapping[str, Mapping], groups: Mapping[str, list[str]]) -> dict[str, dict[str, dict]]:
+    """Per arm, over its trainings at different seeds (`groups[arm]`: their keys in `table`, `arm_row` rows): the
+    mean, standard deviation (ddof 1), min and max of each of `measures`."""
+    spread = {}
+    for arm, keys in groups.items():
+        rows = [measures(table[key]) for key in keys]
+        spread[arm] = {}
+        for measure in rows[0]:
+            values = [r[measure] for r in rows if r.get(measure) is not None]
+            if values:
+                spread[arm][measure] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if
+                                        len(values) > 1 else 0.0, "min": min(values), "max": max(values),
+                                        "n": len(values)}
+    return spread

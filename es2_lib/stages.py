@@ -36,7 +36,8 @@ class Stage:
 _ALL = (
     Stage("01_probing", writes=("splits.json", "layers.json", "per_layer.csv", "probes.safetensors")),
     Stage("02_es2_training", reads=("01_probing",),
-          writes=("adapter", "responses.jsonl", "eval.json", "metrics.json", "log.jsonl", "no_attack.json")),
+          writes=("adapter", "arms", "arms.json", "responses.jsonl", "eval.json", "metrics.json", "log.jsonl",
+                  "no_attack.json")),
     Stage("03_embedding_attacks", reads=("01_probing", "02_es2_training"),
           writes=("results.json", "results.csv", "responses.jsonl", "fitted_base.safetensors",
                   "fitted_es2.safetensors")),

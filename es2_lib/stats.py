@@ -1,4 +1,5 @@
-"""Statistics of every table: rates and means with percentile-bootstrap intervals, and paired differences.
+"""Statistics of every table: rates and means with percentile-bootstrap intervals, paired differences, exact
+(Clopper–Pearson) rate intervals and the exact McNemar test.
 
 A rate's bootstrap draws Binomial(n, value) counts, a mean's resamples indices, and a paired difference draws how
 many pairs go False->True, stay, or go True->False from a multinomial: each is one vectorised draw from a
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import beta, binomtest
 
 
 def _quantiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -59,3 +61,26 @@ def paired_difference(
     low, high = _quantiles((counts[:, 2] - counts[:, 0]) / n, confidence)
     return {"value": float(d.mean()), "low": low, "high": high, "n": int(n),
             "gained": int((d == 1).sum()), "lost": int((d == -1).sum())}
+
+
+def exact_rate(flags: Sequence[bool], confidence: float = 0.95) -> dict:
+    """Share of True flags with its exact (Clopper–Pearson) interval: {value, low, high, n, k}; unlike a percentile
+    bootstrap it does not shrink to a point at 0 or 1 (8 of 8 gives [0.63, 1] at 95 %)."""
+    n, k = len(flags), int(np.sum(np.asarray(flags, dtype=bool)))
+    if n == 0:
+        raise ValueError("exact_rate needs at least one flag")
+    tail = (1 - confidence) / 2
+    low = float(beta.ppf(tail, k, n - k + 1)) if k > 0 else 0.0
+    high = float(beta.ppf(1 - tail, k + 1, n - k)) if k < n else 1.0
+    return {"value": k / n, "low": low, "high": high, "n": n, "k": k}
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact two-sided McNemar test of `b` against `a` on the same items: the binomial test of the discordant
+    pairs; {"b_only": items True only under b, "a_only": True only under a, "p": p-value, "n": items}."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"mcnemar_exact needs two equally long, non-empty lists, got {len(a)} and {len(b)}")
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    b_only, a_only = int((y & ~x).sum()), int((x & ~y).sum())
+    p = binomtest(b_only, b_only + a_only, 0.5).pvalue if b_only + a_only else 1.0
+    return {"b_only": b_only, "a_only": a_only, "p": float(p), "n": int(x.size)}

@@ -1,4 +1,5 @@
-"""The ES2 objective (es2_lib/objective.py): the distances, the margin hinge, the KL and the refusal cross-entropy."""
+"""The arms' objectives (es2_lib/objective.py): the distances, the margin hinge, both KL directions, the rerouting
+loss and the response cross-entropy."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def test_margin_hinge_stops_rewarding_distance():
     logp = torch.log_softmax(torch.randn(3, 10), -1)
     zero = torch.zeros(())
     distance = objective.layer_distance(harmful, harmless, torch.ones(1), "centroid").item()
-    loss, parts = objective.es2_loss(harmful, harmless, torch.ones(1), logp, logp, zero, margin=distance / 2, **KNOBS)
+    kl = objective.harmless_kl(logp, logp, "tuned_base").mean()
+    loss, parts = objective.es2_loss(harmful, harmless, torch.ones(1), kl, zero, margin=distance / 2, **KNOBS)
     assert parts["kl"].abs() < 1e-6 and loss.item() == pytest.approx(-distance / 2, rel=1e-5)
     loss.backward()
     assert harmful.grad.abs().max() == 0  # above the margin: no push
@@ -44,22 +46,43 @@ def test_loss_adds_the_weighted_kl_and_retain_terms():
     harmful, harmless = torch.ones(2, 1, 3), torch.zeros(2, 1, 3)  # centroid distance sqrt(3) on scale 1
     base = torch.log_softmax(torch.tensor([[1.0, 2.0, 3.0]] * 2), -1)
     tuned = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0]] * 2), -1)
-    loss, parts = objective.es2_loss(harmful, harmless, torch.ones(1), tuned, base, torch.tensor(0.8), margin=0.0,
-                                     **KNOBS)
-    kl = objective.kl_divergence(base, tuned).mean()
+    kl = objective.harmless_kl(base, tuned, "tuned_base").mean()
+    loss, parts = objective.es2_loss(harmful, harmless, torch.ones(1), kl, torch.tensor(0.8), margin=0.0, **KNOBS)
     assert loss.item() == pytest.approx(-3 ** 0.5 + 2.0 * kl.item() + 0.5 * 0.8, rel=1e-6)
-    assert parts["harmful_norm"].item() == pytest.approx(3 ** 0.5) and parts["harmless_norm"].item() == 0
+    assert parts["distance"].item() == pytest.approx(3 ** 0.5) and parts["retain"].item() == pytest.approx(0.8)
 
 
-def test_kl_divergence():
+def test_kl_divergence_and_its_two_directions():
     base = torch.log_softmax(torch.tensor([[1.0, 2.0, 3.0]]), -1)
-    other = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0]]), -1)
+    other = torch.log_softmax(torch.tensor([[4.0, 2.0, 1.0]]), -1)
     assert objective.kl_divergence(base, base).item() == pytest.approx(0.0, abs=1e-7)
     expected = (base.exp() * (base - other)).sum().item()
     assert objective.kl_divergence(base, other).item() == pytest.approx(expected) and expected > 0
+    reverse = (other.exp() * (other - base)).sum().item()  # KL(p_tuned || p_base), the paper's direction
+    assert objective.harmless_kl(base, other, "tuned_base").item() == pytest.approx(reverse)
+    assert objective.harmless_kl(base, other, "base_tuned").item() == pytest.approx(expected) != pytest.approx(reverse)
+    with pytest.raises(ValueError, match="es2_kl"):
+        objective.harmless_kl(base, other, "symmetric")
 
 
-def test_refusal_ce_is_the_mean_nll_of_the_scored_response_tokens(tiny):
+def test_rr_loss_is_zero_for_states_orthogonal_to_the_base_ones_and_counts_the_harmless_drift():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 2, 8, generator=g)
+    orthogonal = torch.randn(4, 2, 8, generator=g)
+    orthogonal -= (orthogonal * base).sum(-1, keepdim=True) / base.norm(dim=-1, keepdim=True) ** 2 * base
+    harmless = torch.randn(3, 2, 8, generator=g)
+    scale = torch.tensor([2.0, 4.0])
+    loss, parts = objective.rr_loss(orthogonal, base, harmless, harmless, scale, retain_weight=1.0)
+    assert parts["reroute"].item() == pytest.approx(0.0, abs=1e-6) and loss.item() == pytest.approx(0.0, abs=1e-6)
+    _, same = objective.rr_loss(base, base, harmless, harmless, scale, 1.0)
+    assert same["reroute"].item() == pytest.approx(2.0)  # cos = 1 at both layers
+    _, opposite = objective.rr_loss(-base, base, harmless + 1.0, harmless, scale, 0.5)
+    assert opposite["reroute"].item() == 0.0  # ReLU: pointing away is as good as orthogonal
+    expected = (torch.ones(3, 2) * 8 ** 0.5 / scale).mean(0).sum().item()  # each state moved by (1, ..., 1)
+    assert opposite["retain"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_response_ce_is_the_mean_nll_of_the_scored_response_tokens(tiny):
     """Two pairs of different lengths in one left-padded batch: the CE is the mean over all scored tokens of
     −log p(token | chat prompt, earlier tokens), each taken from an unpadded forward of its own row."""
     from es2_lib import models
@@ -77,6 +100,6 @@ def test_refusal_ce_is_the_mean_nll_of_the_scored_response_tokens(tiny):
         nll += [-logp[i, token].item() for i, token in enumerate(response)]
     assert len(nll) == n_tokens + len(tokenizer("No.", add_special_tokens=False)["input_ids"]) < 2 * n_tokens
     with torch.no_grad():
-        ce = objective.refusal_ce(model, tokenizer, pairs, n_tokens)
+        ce = objective.response_ce(model, tokenizer, pairs, n_tokens)
     assert ce.item() == pytest.approx(sum(nll) / len(nll), rel=1e-5)
 

@@ -39,14 +39,18 @@ def _measured(seed: int, shift: float = 0.0) -> dict:
 
 def test_compare_reports_ratios_kl_perplexity_and_refusals():
     base, tuned = _measured(0), _measured(0, shift=6.0)
-    same = separation.compare(base, base, [1, 2], probe_folds=2, probe_C=1.0, seed=0, kl_threshold=0.1)
+    same = separation.compare(base, base, [1, 2], probe_folds=2, probe_C=1.0, seed=0, kl_threshold=0.1,
+                              kl_direction="tuned_base")
     assert same["ratio_at_es2_layers"]["centroid_distance"] == pytest.approx([1.0, 1.0])
+    assert same["ratio_at_es2_layers"]["pairwise_distance"] == pytest.approx([1.0, 1.0])
     assert same["harmless_kl"] == {"mean": pytest.approx(0.0, abs=1e-7), "max": pytest.approx(0.0, abs=1e-7),
                                    "threshold": 0.1}
     assert same["harmless_ppl_median"] == {"base": 2.0, "es2": 2.0} and same["harmless_refusal"]["es2"] == 1 / 8
-    moved = separation.compare(base, tuned, [1, 2], probe_folds=2, probe_C=1.0, seed=0, kl_threshold=0.1)
-    ratio = moved["ratio_at_es2_layers"]["centroid_distance"]
-    assert ratio[0] == pytest.approx(1.0) and ratio[1] > 2.0  # only layer 2 moved apart
+    moved = separation.compare(base, tuned, [1, 2], probe_folds=2, probe_C=1.0, seed=0, kl_threshold=0.1,
+                               kl_direction="tuned_base")
+    for key in ("centroid_distance", "pairwise_distance"):
+        ratio = moved["ratio_at_es2_layers"][key]
+        assert ratio[0] == pytest.approx(1.0) and ratio[1] > 2.0  # only layer 2 moved apart
     assert moved["separation"]["es2"]["accuracy"][2] > moved["separation"]["base"]["accuracy"][2]
 
 
@@ -68,3 +72,42 @@ def test_no_attack_entries_and_response_records_round_trip(tmp_path):
         ("base", "harmful_eval", "h1"), ("base", "harmful_eval", "h2"), ("base", "harmless_eval", "s1"),
         ("base", "harmless_eval", "s2")]
     assert rows[0]["refused"] and not rows[1]["refused"] and "refused" not in rows[2] and len(rows) == 8
+
+
+def _evaluated(refused: dict[str, list[bool]], harmless: list[str], ppl: list[float]) -> dict:
+    """What `evaluate_model` returns, for `arm_row` and `paired_comparisons`: judged rows per set."""
+    judged = {name: [{"refused": r, "incoherent": False} for r in flags] for name, flags in refused.items()}
+    return {"judged": judged, "measured": {"responses": {"harmless": harmless}}, "harmless_base_ppl": ppl}
+
+
+def test_arm_row_has_exact_intervals_and_the_coherence_of_harmless_responses():
+    e = _evaluated({"harmful_eval": [True] * 8, "malicious_instruct": [True, False] * 5, "xstest_safe": [False] * 3 + [True]},
+                   ["Sure.", "I'm sorry, I cannot."], [5.0, 500.0])
+    row = separation.arm_row(e, None, None, incoherent_ppl=100.0, confidence=0.95)
+    assert row["dsr_harmful_eval"]["value"] == 1.0 and row["dsr_harmful_eval"]["low"] == pytest.approx(0.631, abs=1e-3)
+    assert row["dsr_malicious_instruct"]["n"] == 10 and row["over_refusal_xstest_safe"]["value"] == 0.25
+    assert "dsr_xstest_safe" not in row and row["harmless_refused"]["value"] == 0.5
+    assert row["harmless_incoherent"]["value"] == 0.5 and row["harmless_base_ppl_median"] == pytest.approx(252.5)
+    assert row["harmful_incoherent"]["n"] == 18
+
+
+def test_paired_comparisons_pair_the_same_prompts_and_skip_absent_arms():
+    base = _evaluated({"harmful_eval": [False] * 10}, [], [])["judged"]
+    es2 = _evaluated({"harmful_eval": [True] * 7 + [False] * 3}, [], [])["judged"]
+    stl = _evaluated({"harmful_eval": [False] * 9 + [True]}, [], [])["judged"]
+    rows = separation.paired_comparisons({"base": base, "es2": es2, "stl": stl}, 0.95, 200, 0)
+    assert [(r["tuned"], r["reference"]) for r in rows] == [("es2", "base"), ("stl", "base")]  # no es2_retain, no rr
+    first = rows[0]
+    assert first["difference"]["value"] == pytest.approx(0.7) and first["mcnemar"]["b_only"] == 7
+    assert first["mcnemar"]["a_only"] == 0 and first["mcnemar"]["p"] == pytest.approx(2 * 0.5 ** 7)
+    assert rows[1]["mcnemar"]["p"] == 1.0 and rows[1]["tuned_rate"] == 0.1
+
+
+def test_seed_spread_summarises_each_measure_over_seeds():
+    rows = {name: {"dsr_harmful_eval": {"value": v, "low": 0, "high": 1}, "ratio_at_layers": {"pairwise_distance": [r, r + 2]},
+                   "heldout_kl": kl, "harmless_base_ppl_median": None}
+            for name, v, r, kl in (("es2", 0.5, 1.0, 0.05), ("es2_seed1", 0.7, 2.0, 0.07), ("es2_seed2", 0.6, 3.0, 0.09))}
+    spread = separation.seed_spread(rows, {"es2": ["es2", "es2_seed1", "es2_seed2"]})["es2"]
+    assert spread["dsr_harmful_eval"]["mean"] == pytest.approx(0.6) and spread["dsr_harmful_eval"]["sd"] == pytest.approx(0.1)
+    assert (spread["pairwise_ratio"]["min"], spread["pairwise_ratio"]["max"]) == (2.0, 4.0)
+    assert spread["heldout_kl"]["n"] == 3 and "harmless_base_ppl_median" not in spread

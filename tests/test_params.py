@@ -104,8 +104,11 @@ def test_null_screen_dtype_is_valid():
     ({"subspace_eval_fractions": [0.5, 0.3]}, {}, "{file}: subspace_eval_fractions [0.5, 0.3] must be a subset of "
      "subspace_projection_fractions [0.01, 0.25, 0.5, 0.75, 0.99]; [0.3] are not"),
     ({"srr_heads": 3}, {}, "{file}: srr_heads (3) must divide srr_hidden (64)"),
-    ({"n_emergence_layers": 0}, {"n_terminal_layers": 0},
+    ({"es2_layer_rule": "emergence_terminal", "n_emergence_layers": 0}, {"n_terminal_layers": 0},
      "{file}, override -o n_terminal_layers=0: n_emergence_layers + n_terminal_layers must choose at least one"),
+    ({"arms": ["es2", "stl", "es2"]}, {}, "{file}: arms lists ['es2'] more than once"),
+    ({"es2_layer_counts": [1, 3], "es2_layer_rule": "emergence_terminal"}, {},
+     "{file}: es2_layer_counts [1, 3] needs es2_layer_rule 'matched'"),
 ])
 def test_cross_field_rules_name_where_their_keys_were_set(tmp_path, values, overrides, message):
     path = write(tmp_path, "x.yaml", yaml.safe_dump({"name": "x", **values}))

@@ -75,6 +75,19 @@ def test_choose_layers():
         probes.choose_layers([0.5, 0.6, 0.8, 0.7], 0.9, n_emergence=1, n_terminal=4)
 
 
+def test_matched_layers_spread_from_emergence_to_peak():
+    accuracy = [0.5, 0.7, 0.75, 0.82, 0.8, 0.85, 0.9, 0.88, 0.8]  # layers 0..8: emergence 3, peak 6
+    two = probes.matched_layers(accuracy, 0.8, 2)
+    assert two["es2_layers"] == [3, 6] and (two["emergence"], two["peak"]) == (3, 6) and not two["fallback"]
+    assert probes.matched_layers(accuracy, 0.8, 1)["es2_layers"] == [6]
+    assert probes.matched_layers(accuracy, 0.8, 3)["es2_layers"] == [3, 4, 6]  # round(4.5) = 4
+    assert probes.matched_layers(accuracy, 0.8, 5)["es2_layers"] == [3, 4, 5, 6, 7]  # the span is shorter than 5
+    low = probes.matched_layers([0.5, 0.6, 0.7, 0.65, 0.6], 0.8, 2)  # nothing reaches 0.8: from round(L / 4) = 1
+    assert low["fallback"] and low["es2_layers"] == [1, 2]
+    with pytest.raises(ValueError, match="n_es2_layers"):
+        probes.matched_layers(accuracy, 0.8, 9)
+
+
 def test_pca_2d_shapes():
     harmful, harmless = _classes()
     coords_h, coords_s, explained = probes.pca_2d(harmful[:, 1], harmless[:, 1])

@@ -46,3 +46,27 @@ def test_paired_difference_counts_gains_and_losses():
     assert worse["low"] < -0.25 < worse["high"] < 0
     with pytest.raises(ValueError):
         stats.paired_difference([True], [True, False])
+
+
+def test_exact_rate_is_clopper_pearson_and_never_collapses_at_the_ends():
+    full = stats.exact_rate([True] * 8)
+    assert full["value"] == 1.0 and full["high"] == 1.0 and full["low"] == pytest.approx(0.6306, abs=1e-4)
+    none = stats.exact_rate([False] * 24)
+    assert none["low"] == 0.0 and none["high"] == pytest.approx(0.1425, abs=1e-4)
+    half = stats.exact_rate([True, False] * 50)
+    assert half["low"] == pytest.approx(0.3983, abs=1e-4) and half["high"] == pytest.approx(0.6017, abs=1e-4)
+    assert half["k"] == 50 and half["n"] == 100
+    with pytest.raises(ValueError, match="at least one"):
+        stats.exact_rate([])
+
+
+def test_mcnemar_exact_tests_only_the_discordant_pairs():
+    a = [True] * 20 + [False] * 10
+    b = [True] * 20 + [True] * 9 + [False]  # 9 prompts gained, none lost; the 20 concordant ones do not count
+    result = stats.mcnemar_exact(a, b)
+    assert (result["b_only"], result["a_only"], result["n"]) == (9, 0, 30)
+    assert result["p"] == pytest.approx(2 * 0.5 ** 9)
+    assert stats.mcnemar_exact(a, a)["p"] == 1.0
+    assert stats.mcnemar_exact([True, False] * 5, [False, True] * 5)["p"] == 1.0  # 5 gained, 5 lost
+    with pytest.raises(ValueError, match="equally long"):
+        stats.mcnemar_exact([True], [True, False])

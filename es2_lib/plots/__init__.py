@@ -17,8 +17,8 @@ from matplotlib.figure import Figure  # figures without pyplot: no global state,
 
 from ..runs import atomic_path
 
-MODEL_LABELS = {"base": "base", "es2": "ES2"}
-MODEL_COLORS = {"base": "tab:gray", "es2": "tab:blue"}
+MODEL_LABELS = {"base": "base", "es2": "ES2", "es2_retain": "ES2 + retain", "stl": "STL", "rr": "RR"}
+MODEL_COLORS = {"base": "tab:gray", "es2": "tab:blue", "es2_retain": "tab:cyan", "stl": "tab:olive", "rr": "tab:pink"}
 SHARE_COLORS = {"refused": "tab:green", "incoherent": "tab:orange", "compliant": "tab:red"}
 NOT_RUN = "not run"
 ATTACK_LABELS = {"none": "no attack", "repe": "RepE", "soft_prompt": "Soft Prompt", "scav": "SCAV",

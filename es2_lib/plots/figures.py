@@ -80,6 +80,39 @@ def rate_bars(rates: Mapping[str, Mapping[str, float]], ylabel: str, title: str)
     return fig
 
 
+def grouped_rates(panels: Mapping[str, Mapping[str, Mapping[str, float]]], ylabel: str) -> Figure:
+    """One panel per entry of `panels` ({title: {model: {"value", "low", "high"}}}): a bar per model with its
+    interval (e.g. no-attack DSR per eval set and arm)."""
+    fig = Figure(figsize=(3.2 * len(panels) + 0.4, 3.4), layout="constrained")
+    for ax, (title, rates) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        for i, (model, rate) in enumerate(rates.items()):
+            ax.bar(i, rate["value"], yerr=[[rate["value"] - rate["low"]], [rate["high"] - rate["value"]]], capsize=3,
+                   color=MODEL_COLORS.get(model))
+        ax.set_xticks(range(len(rates)), [model_label(m) for m in rates], rotation=30, fontsize=8)
+        ax.set(ylim=(0, 1.05), ylabel=ylabel)
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def arm_curves(logs: Mapping[str, Sequence[Mapping[str, Any]]], panels: Mapping[str, str],
+               hlines: Mapping[str, float] | None = None) -> Figure:
+    """One panel per entry of `panels` ({title: log key}), a line per arm of `logs` ({arm: training log}) over
+    the steps where that key was logged (e.g. the KL guard's held-out KL); `hlines` as in `training_curves`."""
+    fig = Figure(figsize=(3.6 * len(panels) + 0.4, 3.4), layout="constrained")
+    for ax, (title, key) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        for arm, log in logs.items():
+            rows = [r for r in log if r.get(key) is not None]
+            ax.plot([r["step"] + 1 for r in rows], [r[key] for r in rows], marker="o", ms=3, label=model_label(arm),
+                    color=MODEL_COLORS.get(arm))
+        if hlines and title in hlines:
+            ax.axhline(hlines[title], color="black", ls="--", lw=1, label=f"limit {hlines[title]:g}")
+        ax.set(xlabel="updates")
+        ax.set_title(title, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    return fig
+
+
 SEPARATION_PANELS = {"centroid distance / base mean norm": "centroid_distance",
                      "centroid distance / own mean norm": "centroid_distance_own_norm",
                      "Fisher ratio": "fisher", "held-out probe accuracy": "accuracy"}
@@ -152,7 +185,8 @@ def dsr_vs_perturbation(points: pd.DataFrame, no_attack: str = ATTACK_LABELS["no
 
 
 def training_curves(log: Sequence[Mapping[str, Any]], panels: Mapping[str, Sequence[str]],
-                    hlines: Mapping[str, float] | None = None, layers: Sequence[int] | None = None) -> Figure:
+                    hlines: Mapping[str, float] | None = None, layers: Sequence[int] | None = None,
+                    title: str = "ES2 training") -> Figure:
     """One panel per entry of `panels` ({title: [log keys]}), a line per key over the logged steps; a key whose
     values are lists (one per ES2 layer, e.g. "distance") gets a line per layer, named from `layers`. `hlines`
     draws a dashed limit in a panel ({title: value}, e.g. the KL stop threshold). Keys absent from the log are
@@ -177,7 +211,7 @@ def training_curves(log: Sequence[Mapping[str, Any]], panels: Mapping[str, Seque
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.lines:
             ax.legend(fontsize=7)
-    fig.suptitle("ES2 training", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

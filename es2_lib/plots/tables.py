@@ -194,3 +194,35 @@ def capability_table(rows: Sequence[Mapping[str, Any]] | None, digits: int = 3) 
     shown = pd.DataFrame([{"measure": r["measure"], "base": fmt_rate(r["base"], digits), "ES2": fmt_rate(r["es2"], digits),
                            "ES2 − base": fmt_rate(r["difference"], digits)} for r in rows])
     return numbers, shown
+
+
+def _rate_header(key: str, n: int) -> str:
+    """'dsr_malicious_instruct' -> 'no-attack DSR, malicious_instruct (n = 100)'; over-refusal likewise."""
+    kind, name = ("no-attack DSR", key[4:]) if key.startswith("dsr_") else ("over-refusal", key[len("over_refusal_"):])
+    return f"{kind}, {name} (n = {n})"
+
+
+def arms_frame(table: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> pd.DataFrame:
+    """Stage 02's arms table, one formatted row per training in `names` (keys of `table`, `separation.arm_row`
+    rows): its layers, each DSR and over-refusal rate with its exact interval and n, harmless refusal and
+    coherence, the held-out harmless KL and the steps kept."""
+    rates = [key for key, value in table[names[0]].items() if key.startswith(("dsr_", "over_refusal_"))]
+    rows = []
+    for name in names:
+        row = table[name]
+        rows.append({"model": model_label(name), "layers": ", ".join(map(str, row.get("layers", []))) or "–",
+                     **{_rate_header(key, row[key]["n"]): fmt_rate(row[key]) for key in rates},
+                     "harmless refused (Alpaca eval)": fmt_rate(row["harmless_refused"]),
+                     "harmless responses incoherent": fmt_rate(row["harmless_incoherent"]),
+                     "harmless response ppl (median, base)": fmt_number(row["harmless_base_ppl_median"]),
+                     "harmful responses incoherent": fmt_rate(row["harmful_incoherent"]),
+                     "held-out harmless KL": fmt_number(row.get("heldout_kl"), 4),
+                     "steps kept": "–" if "steps" not in row else f"{row['steps']}" + " (KL stop)" * bool(row["stopped"])})
+    return pd.DataFrame(rows)
+
+
+def spread_frame(spread: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.DataFrame:
+    """`separation.seed_spread` as a table: per arm and measure, mean ± sd and [min, max] over n seeds."""
+    return pd.DataFrame([{"arm": model_label(arm), "measure": measure, "n seeds": s["n"],
+                          "mean ± sd": f"{s['mean']:.3f} ± {s['sd']:.3f}", "min – max": f"{s['min']:.3f} – {s['max']:.3f}"}
+                         for arm, by_measure in spread.items() for measure, s in by_measure.items()])
