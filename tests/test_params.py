@@ -213,7 +213,7 @@ def test_a_notebook_is_held_to_the_rules_between_keys_it_declares():
 
 @pytest.mark.parametrize("name", ["../escape", "/abs/path", "", ".", "..", "a/b", "-x", "a b"])
 def test_run_names_that_are_not_one_folder_name_are_errors(tmp_path, name):
-    with pytest.raises(ParamsError, match=rf"override -o name=.*: key 'name' expects a folder name of letters"):
+    with pytest.raises(ParamsError, match=r"override -o name=.*: key 'name' expects a folder name of letters"):
         params.load(write(tmp_path, "a.yaml", "name: a\n"), name=name)
 
 

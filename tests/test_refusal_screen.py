@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from es2_lib import batching, data, models, refusal_screen, representations
+from es2_lib import batching, data, refusal_screen, representations
 
 PROMPTS = [r["prompt"] for r in data.load_prompts("advbench")[:6]]
 
