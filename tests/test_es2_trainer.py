@@ -224,3 +224,11 @@ def test_variants_add_seeds_to_the_seeded_arms_and_the_layer_count_ablation_to_e
         ("es2_seed1", "es2", 1, (5, 16)), ("es2_seed2", "es2", 2, (5, 16)), ("stl_seed1", "stl", 1, (5, 16)),
         ("stl_seed2", "stl", 2, (5, 16)), ("es2_1layer", "es2", 0, (16,)), ("es2_3layers", "es2", 0, (5, 10, 16))]
     assert [v.name for v in trainer.variants(["es2"], 0, [5, 16])] == ["es2"]
+
+
+def test_the_params_schema_names_exactly_the_trainer_arms():
+    import typing
+
+    from es2_lib import schema
+
+    assert set(typing.get_args(schema.Arm)) == set(trainer.ARMS)  # the schema cannot import the trainer: kept equal here
