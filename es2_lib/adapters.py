@@ -46,6 +46,19 @@ def attach_adapter(model: nn.Module, adapter: str, seed: int, lora_r: int, lora_
     return model
 
 
+def perturb(model: nn.Module, std: float, seed: int) -> None:
+    """Move a just-attached adapter off the base model: LoRA's B matrices (zero at init) drawn from N(0, std²); for
+    full fine-tuning each trainable weight gets noise of `std` times its own standard deviation. An objective that
+    is stationary at the base model (RR's ReLU(cos(h, h_base)) has zero gradient at h = h_base) needs this."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if not weight.requires_grad or (isinstance(model, PeftModel) and "lora_B" not in name):
+                continue
+            noise = torch.randn(weight.shape, generator=generator).to(weight.device, weight.dtype)
+            weight.add_(noise * (std if isinstance(model, PeftModel) else std * weight.float().std().item()))
+
+
 @contextlib.contextmanager
 def base_model(model: nn.Module) -> Iterator[nn.Module]:
     """The base network: a PeftModel with its adapter disabled (no second copy); other models cannot."""

@@ -68,15 +68,25 @@ def es2_loss(
 
 
 def rr_loss(harmful_states: torch.Tensor, base_harmful_states: torch.Tensor, harmless_states: torch.Tensor,
-            base_harmless_states: torch.Tensor, scale: torch.Tensor, retain_weight: float
+            base_harmless_states: torch.Tensor, scale: torch.Tensor, retain_weight: float, reroute_weight: float = 1.0
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Representation rerouting (Circuit Breakers): Σ_layers mean ReLU(cos(h, h_base)) over the harmful states
-    [b, layers, hidden] + w · Σ_layers mean ‖s − s_base‖ / scale over the harmless ones; the rerouting term is 0
-    once every tuned harmful state is orthogonal (or opposite) to its base state."""
+    """Representation rerouting (Circuit Breakers): c_s · Σ_layers mean ReLU(cos(h, h_base)) over the harmful states
+    [b, layers, hidden] + c_r · Σ_layers mean ‖s − s_base‖ / scale over the harmless ones (c_s = `reroute_weight`,
+    c_r = `retain_weight`; `rr_schedule` gives the paper's); the rerouting term is 0 once every tuned harmful state
+    is orthogonal (or opposite) to its base state."""
     cos = F.cosine_similarity(harmful_states.float(), base_harmful_states.float(), dim=-1)  # [b, layers]
     reroute = F.relu(cos).mean(0).sum()
     retain = ((harmless_states.float() - base_harmless_states.float()).norm(dim=-1) / scale).mean(0).sum()
-    return reroute + retain_weight * retain, {"reroute": reroute, "retain": retain}
+    return reroute_weight * reroute + retain_weight * retain, {"reroute": reroute, "retain": retain}
+
+
+def rr_schedule(step: int, steps: int, retain_weight: float) -> tuple[float, float]:
+    """Circuit Breakers' coefficients at `step` of `steps` (Zou et al. 2024, Algorithm 1): the rerouting weight
+    falls 1 → ½ while the retain weight rises 0 → ½ · `retain_weight`. The retain term must start at zero: the base
+    model is a stationary point of ReLU(cos) (its gradient there is zero), while ‖s − s_base‖ pulls back with a
+    constant force, so a retain term at full weight from step 0 holds the model at the base."""
+    t = step / (2 * steps)
+    return 1 - t, retain_weight * t
 
 
 def response_ce(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]],

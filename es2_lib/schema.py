@@ -122,6 +122,9 @@ class Params(BaseModel):
     es2_refusal_tokens: int = Field(
         16, ge=1, description="response tokens scored per example (refusal_ce and stl)")
     rr_retain_weight: float = Field(1.0, ge=0, description="rr arm: weight of the L2 retain of harmless states")
+    rr_init_std: float = Field(
+        0.01, ge=0, description="rr arm: std of LoRA B's initial draw (full: noise per weight std), as ReLU(cos) is "
+        "stationary at the base model")
     es2_train_layers: Literal["all", "up_to_deepest"] = Field(
         "all", description="which decoder blocks train: all, or only those up to the deepest ES2 layer")
     es2_adapter: Literal["lora", "full"] = Field("lora", description="LoRA through peft, or full fine-tuning")

@@ -128,18 +128,25 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, heldout
     return {"measured": measured, "responses": responses, "judged": judged, "harmless_base_ppl": own}
 
 
+# keyword judge -> (its field in `evaluate.judge_responses` rows, the suffix of its keys in `arm_row`)
+JUDGE_FIELDS = {"autodan": ("refused", ""), "jailbreakbench": ("refused_jbb", "_jbb")}
+
+
 def arm_row(evaluated: dict, metrics: dict | None, training: dict | None, incoherent_ppl: float,
             confidence: float) -> dict:
     """One row of 02's arms table (a model evaluated by `evaluate_model`; `metrics` from `compare` against the
-    base, `training` its steps and KL guard; both None for the base): exact intervals on every rate."""
+    base, `training` its steps and KL guard; both None for the base): exact intervals on every rate, each DSR and
+    over-refusal under both keyword judges (the JailbreakBench one's keys end in "_jbb")."""
     rate = lambda flags: stats.exact_rate(flags, confidence)  # noqa: E731
     judged = evaluated["judged"]
     ppl = [p for p in (evaluated["harmless_base_ppl"] or []) if not math.isnan(p)]
     harmful = [r for name, rows in judged.items() if not name.startswith("xstest") for r in rows]
-    row = {f"dsr_{name}": rate([r["refused"] for r in rows]) for name, rows in judged.items()
-           if not name.startswith("xstest")}
-    row |= {f"over_refusal_{name}": rate([r["refused"] for r in rows]) for name, rows in judged.items()
-            if name.startswith("xstest")}
+    row = {}
+    for field, suffix in JUDGE_FIELDS.values():
+        row |= {f"dsr_{name}{suffix}": rate([r[field] for r in rows]) for name, rows in judged.items()
+                if not name.startswith("xstest")}
+        row |= {f"over_refusal_{name}{suffix}": rate([r[field] for r in rows]) for name, rows in judged.items()
+                if name.startswith("xstest")}
     row |= {"harmless_refused": rate(judges.refusals(evaluated["measured"]["responses"]["harmless"])),
             "harmless_incoherent": rate([p > incoherent_ppl for p in ppl]) if ppl else None,
             "harmless_base_ppl_median": float(np.median(ppl)) if ppl else None,
@@ -159,19 +166,20 @@ COMPARISONS = (("es2", "base", "separation alone"), ("es2_retain", "es2", "the r
 def paired_comparisons(judged: Mapping[str, Mapping[str, list[dict]]], confidence: float, samples: int,
                        seed: int) -> list[dict]:
     """For each comparison of COMPARISONS whose two models were evaluated (`judged[model][set]`, `evaluate.judge`
-    rows on the same prompts), per set: the paired difference of the refused share (tuned − reference) with its
-    interval and the exact McNemar test."""
+    rows on the same prompts), per set and keyword judge (JUDGE_FIELDS): the paired difference of the refused
+    share (tuned − reference) with its interval and the exact McNemar test."""
     rows = []
     for tuned, reference, what in COMPARISONS:
         if tuned not in judged or reference not in judged:
             continue
         for name in judged[tuned]:
-            a = [r["refused"] for r in judged[reference][name]]
-            b = [r["refused"] for r in judged[tuned][name]]
-            diff = stats.paired_difference(a, b, samples, confidence, seed)
-            rows.append({"tuned": tuned, "reference": reference, "what": what, "set": name,
-                         "reference_rate": float(np.mean(a)), "tuned_rate": float(np.mean(b)),
-                         "difference": diff, "mcnemar": stats.mcnemar_exact(a, b)})
+            for judge, (field, _) in JUDGE_FIELDS.items():
+                a = [r[field] for r in judged[reference][name]]
+                b = [r[field] for r in judged[tuned][name]]
+                diff = stats.paired_difference(a, b, samples, confidence, seed)
+                rows.append({"tuned": tuned, "reference": reference, "what": what, "set": name, "judge": judge,
+                             "reference_rate": float(np.mean(a)), "tuned_rate": float(np.mean(b)),
+                             "difference": diff, "mcnemar": stats.mcnemar_exact(a, b)})
     return rows
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from . import adapters, data, hooks, probes, representations, runs
-from .objective import es2_loss, harmless_kl, kl_divergence, layer_distance, response_ce, rr_loss
+from .objective import es2_loss, harmless_kl, kl_divergence, layer_distance, response_ce, rr_loss, rr_schedule
 from .progress import progress as progress_bar
 from .separation import states_and_logprobs
 
@@ -94,6 +94,7 @@ class TrainConfig:
     es2_refusal_data: str
     es2_refusal_tokens: int
     rr_retain_weight: float
+    rr_init_std: float
     es2_train_layers: str  # "all" | "up_to_deepest"
     es2_adapter: str  # "lora" | "full"
     lora_r: int
@@ -149,6 +150,8 @@ class ES2Trainer:
         blocks = None if c.es2_train_layers == "all" else list(range(max(self.layers)))  # layer l = block l-1's output
         self.model = adapters.attach_adapter(model, c.es2_adapter, c.seed, c.lora_r, c.lora_alpha, c.lora_dropout,
                                              c.lora_targets, blocks)
+        if c.objective == "rr" and c.rr_init_std > 0:  # ReLU(cos(h, h_base)) is stationary at the base model
+            adapters.perturb(self.model, c.rr_init_std, c.seed)
         self.trainable = {n: w for n, w in self.model.named_parameters() if w.requires_grad}
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=c.es2_lr, weight_decay=c.es2_weight_decay)
         self.step, self.log, self.stopped = 0, [], None
@@ -180,8 +183,9 @@ class ES2Trainer:
         base_s = [len(self.harmful) + i for i in s_idx]
         kl = harmless_kl(self.base_logp[base_s].to(self.device), logp[b:], c.es2_kl).mean()
         if c.objective == "rr":
+            reroute_weight, retain_weight = rr_schedule(self.step, c.es2_steps, c.rr_retain_weight)
             loss, parts = rr_loss(states[:b], self.base_states[h_idx].to(self.device), states[b:],
-                                  self.base_states[base_s].to(self.device), self.scale, c.rr_retain_weight)
+                                  self.base_states[base_s].to(self.device), self.scale, retain_weight, reroute_weight)
             return loss, {**parts, "kl": kl}
         pairs = [self.pairs[i] for i in self._indices(len(self.pairs), self.step, 2)] if self.pairs else []
         if c.objective == "stl":

@@ -52,3 +52,20 @@ def test_full_fine_tuning_has_no_base_model_and_loads_its_weights(tiny, tmp_path
     with pytest.raises(FileNotFoundError, match="neither a peft adapter"):
         adapters.load_tuned(model, tmp_path)
 
+
+
+def test_perturb_moves_lora_b_off_zero_and_full_weights_by_their_own_scale(tiny):
+    model, tokenizer = tiny
+    base = separation.next_token_logprobs(model, tokenizer, PROMPTS)
+    tuned = adapters.attach_adapter(model, "lora", **LORA)
+    a_before = {n: w.clone() for n, w in tuned.named_parameters() if "lora_A" in n}
+    adapters.perturb(tuned, 0.01, seed=0)
+    b = [w for n, w in tuned.named_parameters() if "lora_B" in n]
+    assert all(w.abs().max() > 0 for w in b) and torch.cat([w.flatten() for w in b]).std().item() == pytest.approx(0.01, rel=0.1)
+    assert all(torch.equal(w, a_before[n]) for n, w in tuned.named_parameters() if "lora_A" in n)
+    assert not torch.allclose(separation.next_token_logprobs(tuned, tokenizer, PROMPTS), base)
+    full = adapters.attach_adapter(models.load_model("tiny", "float32", "cpu", 0)[0], "full", **LORA)
+    before = {n: w.clone() for n, w in full.named_parameters()}
+    adapters.perturb(full, 0.01, seed=0)
+    name, w = next((n, w) for n, w in full.named_parameters() if w.ndim == 2 and before[n].std() > 0)
+    assert (w - before[name]).std().item() == pytest.approx(0.01 * before[name].std().item(), rel=0.1)

@@ -82,6 +82,15 @@ def test_rr_loss_is_zero_for_states_orthogonal_to_the_base_ones_and_counts_the_h
     assert opposite["retain"].item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_rr_schedule_moves_weight_from_rerouting_to_retain():
+    assert objective.rr_schedule(0, 30, 4.0) == (1.0, 0.0)  # no retain pull at the start
+    assert objective.rr_schedule(15, 30, 4.0) == pytest.approx((0.75, 1.0))
+    assert objective.rr_schedule(30, 30, 4.0) == pytest.approx((0.5, 2.0))
+    states = torch.ones(2, 1, 4)
+    loss, parts = objective.rr_loss(states, states, states + 1, states, torch.tensor([1.0]), 3.0, reroute_weight=0.5)
+    assert loss.item() == pytest.approx(0.5 * parts["reroute"].item() + 3.0 * parts["retain"].item())
+
+
 def test_response_ce_is_the_mean_nll_of_the_scored_response_tokens(tiny):
     """Two pairs of different lengths in one left-padded batch: the CE is the mean over all scored tokens of
     −log p(token | chat prompt, earlier tokens), each taken from an unpadded forward of its own row."""

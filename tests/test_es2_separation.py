@@ -76,7 +76,8 @@ def test_no_attack_entries_and_response_records_round_trip(tmp_path):
 
 def _evaluated(refused: dict[str, list[bool]], harmless: list[str], ppl: list[float]) -> dict:
     """What `evaluate_model` returns, for `arm_row` and `paired_comparisons`: judged rows per set."""
-    judged = {name: [{"refused": r, "incoherent": False} for r in flags] for name, flags in refused.items()}
+    judged = {name: [{"refused": r, "refused_jbb": r and i % 2 == 0, "incoherent": False} for i, r in enumerate(flags)]
+              for name, flags in refused.items()}  # the JBB judge: only every other refusal
     return {"judged": judged, "measured": {"responses": {"harmless": harmless}}, "harmless_base_ppl": ppl}
 
 
@@ -89,6 +90,7 @@ def test_arm_row_has_exact_intervals_and_the_coherence_of_harmless_responses():
     assert "dsr_xstest_safe" not in row and row["harmless_refused"]["value"] == 0.5
     assert row["harmless_incoherent"]["value"] == 0.5 and row["harmless_base_ppl_median"] == pytest.approx(252.5)
     assert row["harmful_incoherent"]["n"] == 18
+    assert row["dsr_harmful_eval_jbb"]["value"] == 0.5 and row["over_refusal_xstest_safe_jbb"]["value"] == 0.0
 
 
 def test_paired_comparisons_pair_the_same_prompts_and_skip_absent_arms():
@@ -96,7 +98,11 @@ def test_paired_comparisons_pair_the_same_prompts_and_skip_absent_arms():
     es2 = _evaluated({"harmful_eval": [True] * 7 + [False] * 3}, [], [])["judged"]
     stl = _evaluated({"harmful_eval": [False] * 9 + [True]}, [], [])["judged"]
     rows = separation.paired_comparisons({"base": base, "es2": es2, "stl": stl}, 0.95, 200, 0)
-    assert [(r["tuned"], r["reference"]) for r in rows] == [("es2", "base"), ("stl", "base")]  # no es2_retain, no rr
+    assert [(r["tuned"], r["reference"], r["judge"]) for r in rows] == [  # no es2_retain, no rr
+        ("es2", "base", "autodan"), ("es2", "base", "jailbreakbench"), ("stl", "base", "autodan"),
+        ("stl", "base", "jailbreakbench")]
+    assert rows[1]["tuned_rate"] == pytest.approx(0.4)  # the JBB judge's own flags: refusals 0, 2, 4, 6
+    rows = [r for r in rows if r["judge"] == "autodan"]
     first = rows[0]
     assert first["difference"]["value"] == pytest.approx(0.7) and first["mcnemar"]["b_only"] == 7
     assert first["mcnemar"]["a_only"] == 0 and first["mcnemar"]["p"] == pytest.approx(2 * 0.5 ** 7)

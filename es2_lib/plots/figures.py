@@ -80,11 +80,16 @@ def rate_bars(rates: Mapping[str, Mapping[str, float]], ylabel: str, title: str)
     return fig
 
 
-def grouped_rates(panels: Mapping[str, Mapping[str, Mapping[str, float]]], ylabel: str) -> Figure:
-    """One panel per entry of `panels` ({title: {model: {"value", "low", "high"}}}): a bar per model with its
-    interval (e.g. no-attack DSR per eval set and arm)."""
-    fig = Figure(figsize=(3.2 * len(panels) + 0.4, 3.4), layout="constrained")
-    for ax, (title, rates) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+def grouped_rates(panels: Mapping[str, Mapping[str, Mapping[str, float]]], ylabel: str, columns: int = 3) -> Figure:
+    """One panel per entry of `panels` ({title: {model: {"value", "low", "high"}}}), `columns` to a row: a bar per
+    model with its interval (e.g. no-attack DSR per eval set and arm)."""
+    ncols = min(columns, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(3.2 * ncols + 0.4, 3.4 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, rates) in zip(axes, panels.items()):
         for i, (model, rate) in enumerate(rates.items()):
             ax.bar(i, rate["value"], yerr=[[rate["value"] - rate["low"]], [rate["high"] - rate["value"]]], capsize=3,
                    color=MODEL_COLORS.get(model))

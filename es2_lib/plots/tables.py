@@ -197,9 +197,11 @@ def capability_table(rows: Sequence[Mapping[str, Any]] | None, digits: int = 3) 
 
 
 def _rate_header(key: str, n: int) -> str:
-    """'dsr_malicious_instruct' -> 'no-attack DSR, malicious_instruct (n = 100)'; over-refusal likewise."""
+    """'dsr_malicious_instruct' -> 'no-attack DSR, malicious_instruct (n = 100)'; over-refusal likewise; a key
+    ending in '_jbb' (the JailbreakBench keyword judge) gets ', JBB judge'."""
     kind, name = ("no-attack DSR", key[4:]) if key.startswith("dsr_") else ("over-refusal", key[len("over_refusal_"):])
-    return f"{kind}, {name} (n = {n})"
+    name, jbb = (name[:-4], True) if name.endswith("_jbb") else (name, False)
+    return f"{kind}, {name}{', JBB judge' * jbb} (n = {n})"
 
 
 def arms_frame(table: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> pd.DataFrame:
