@@ -70,6 +70,11 @@ class Params(BaseModel):
     confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of reported intervals")
     incoherent_ppl: float = Field(
         100.0, description="a response whose perplexity under the base model exceeds this is incoherent")
+    judge_prefix_grid: list[int] = Field(
+        [20, 40, 60, 80, 100, 150, 200], min_length=1,
+        description="judge check: the character budgets N tried for each judge's prefix variant (chosen on a dev part)")
+    judge_dev_fraction: float = Field(
+        0.5, gt=0, lt=1, description="judge check: share of the human-labelled completions that choose N")
     # --- probing and ES2 (issue 3) ---------------------------------------------------------------------------
     probe_threshold: float = Field(
         0.9, ge=0.5, le=1, description="held-out probe accuracy from which a layer separates the classes (SCAV's P1)")
@@ -93,6 +98,10 @@ class Params(BaseModel):
         description="arms 02 trains (same data, steps, optimiser, seed, layers): es2 (the paper's objective), "
         "es2_retain (+ es2_retain term), stl (SFT on safety data + KL), rr (Circuit Breakers); the first is the "
         "model later stages attack")
+    attacked_arms: list[Arm] = Field(
+        ["es2", "stl"], min_length=1,
+        description="the arms of 02 that stages 03-05 attack and evaluate beside base (a row group each in Tables 1 "
+        "and 2); each must be in arms")
     arm_seeds: list[int] = Field(
         [], description="extra training seeds (beyond seed) for the arms in seeded_arms: each a full training + eval")
     seeded_arms: list[Arm] = Field(["es2", "stl"], description="the arms trained again at each of arm_seeds")
@@ -289,6 +298,15 @@ class Params(BaseModel):
     def _arms_once(self, info: ValidationInfo) -> Params:
         twice = sorted({arm for arm in self.arms if self.arms.count(arm) > 1})
         _require(info, not twice, f"arms lists {twice} more than once; expected each arm at most once", "arms")
+        return self
+
+    @model_validator(mode="after")
+    def _attacked_arms_are_trained(self, info: ValidationInfo) -> Params:
+        missing = [arm for arm in self.attacked_arms if arm not in self.arms]
+        _require(info, not missing, f"attacked_arms lists {missing}, which arms {self.arms} does not train; expected "
+                 "arms of arms", "attacked_arms", "arms")
+        twice = sorted({arm for arm in self.attacked_arms if self.attacked_arms.count(arm) > 1})
+        _require(info, not twice, f"attacked_arms lists {twice} more than once", "attacked_arms")
         return self
 
     @model_validator(mode="after")

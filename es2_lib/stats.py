@@ -1,5 +1,6 @@
 """Statistics of every table: rates and means with percentile-bootstrap intervals, paired differences, exact
-(Clopper–Pearson) rate intervals and the exact McNemar test.
+(Clopper–Pearson) rate intervals, the exact McNemar test, Holm's correction across a table's tests, and a
+judge's agreement with reference labels.
 
 A rate's bootstrap draws Binomial(n, value) counts, a mean's resamples indices, and a paired difference draws how
 many pairs go False->True, stay, or go True->False from a multinomial: each is one vectorised draw from a
@@ -84,3 +85,30 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
     b_only, a_only = int((y & ~x).sum()), int((x & ~y).sum())
     p = binomtest(b_only, b_only + a_only, 0.5).pvalue if b_only + a_only else 1.0
     return {"b_only": b_only, "a_only": a_only, "p": float(p), "n": int(x.size)}
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> list[dict]:
+    """Holm's step-down correction of a family of tests (one table): per p-value, in the given order, the adjusted
+    p-value (monotone, at most 1) and whether the test holds at `alpha` for the whole family."""
+    p = np.asarray(pvalues, dtype=float)
+    if p.size == 0:
+        return []
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError(f"holm needs p-values in [0, 1], got {pvalues}")
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (p.size - np.arange(p.size))))
+    return [{"p": float(q), "p_holm": float(a), "holds": bool(a <= alpha)} for q, a in zip(p, adjusted)]
+
+
+def agreement(predicted: Sequence[bool], actual: Sequence[bool], confidence: float = 0.95) -> dict:
+    """How well binary verdicts `predicted` agree with reference labels `actual` (e.g. a refusal judge against
+    human labels): precision, recall and accuracy, each with its exact interval, and the confusion counts."""
+    if len(predicted) != len(actual) or not predicted:
+        raise ValueError(f"agreement needs two equally long, non-empty lists, got {len(predicted)} and {len(actual)}")
+    x, y = np.asarray(predicted, dtype=bool), np.asarray(actual, dtype=bool)
+    counts = {"tp": int((x & y).sum()), "fp": int((x & ~y).sum()), "fn": int((~x & y).sum()),
+              "tn": int((~x & ~y).sum())}
+    rate = lambda flags: exact_rate(flags, confidence) if len(flags) else None  # noqa: E731
+    return {"precision": rate(y[x]), "recall": rate(x[y]), "accuracy": exact_rate(x == y, confidence),
+            "n": int(x.size), **counts}

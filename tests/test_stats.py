@@ -70,3 +70,23 @@ def test_mcnemar_exact_tests_only_the_discordant_pairs():
     assert stats.mcnemar_exact([True, False] * 5, [False, True] * 5)["p"] == 1.0  # 5 gained, 5 lost
     with pytest.raises(ValueError, match="equally long"):
         stats.mcnemar_exact([True], [True, False])
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order_of_the_tests():
+    got = stats.holm([0.04, 0.01, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1 -> 0.04, 0.09, 0.08 -> running max 0.09, 0.5
+    assert [g["p_holm"] for g in got] == pytest.approx([0.09, 0.04, 0.09, 0.5])
+    assert [g["holds"] for g in got] == [False, True, False, False]
+    assert stats.holm([0.3, 0.9], alpha=0.05)[1]["p_holm"] == 0.9 and stats.holm([]) == []
+    with pytest.raises(ValueError, match="p-values"):
+        stats.holm([1.2])
+
+
+def test_agreement_counts_precision_recall_and_accuracy_with_exact_intervals():
+    predicted = [True, True, True, False, False, False, True, False]
+    actual = [True, True, False, False, False, True, True, False]
+    got = stats.agreement(predicted, actual)
+    assert (got["tp"], got["fp"], got["fn"], got["tn"]) == (3, 1, 1, 3)
+    assert got["precision"]["value"] == 0.75 and got["recall"]["value"] == 0.75 and got["accuracy"]["value"] == 0.75
+    assert got["accuracy"]["low"] == pytest.approx(stats.exact_rate([True] * 6 + [False] * 2)["low"])
+    assert stats.agreement([False, False], [False, True])["precision"] is None  # nothing predicted positive

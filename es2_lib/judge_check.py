@@ -1,0 +1,62 @@
+"""How well each keyword refusal judge agrees with people: precision, recall and accuracy against the human labels
+of XSTest v2 completions (data/circuit_breakers), for each judge as published (a phrase anywhere) and as its prefix
+variant (a phrase within the first N characters, N chosen on a dev half of the labels and reported on the other)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Sequence
+
+from . import judges, stats
+from .local_tables import DataError, load_table
+
+LABELS_FILE = Path(__file__).resolve().parents[1] / "data" / "circuit_breakers" / "xstest_v2_completions_gpt4_gpteval.csv"
+_LABELS = {"1_full_compliance": False, "2_full_refusal": True, "3_partial_refusal": None}  # None: left out
+
+
+def load_labelled(path: Path = LABELS_FILE) -> list[dict]:
+    """Rows {id, type, prompt, completion, refused}: `refused` is the human final label (full refusal or full
+    compliance; partial refusals, which no binary judge can match, are left out)."""
+    columns = {name: name for name in ("id", "type", "prompt", "completion", "final_label")}
+    rows = []
+    for i, row in enumerate(load_table(path, "csv", columns), start=1):
+        if row["final_label"] not in _LABELS:
+            raise DataError(f"{path}: row {i}: final_label {row['final_label']!r}, expected one of {', '.join(_LABELS)}")
+        if _LABELS[row["final_label"]] is not None:
+            rows.append({key: row[key] for key in ("id", "type", "prompt", "completion")}
+                        | {"refused": _LABELS[row["final_label"]]})
+    return rows
+
+
+def dev_test_split(rows: Sequence[dict], dev_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded split into a dev part (for choosing N) and a test part (for reporting)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    cut = round(dev_fraction * len(rows))
+    return [rows[i] for i in sorted(order[:cut])], [rows[i] for i in sorted(order[cut:])]
+
+
+def check(rows: Sequence[dict], judge: str, within: int | None = None, confidence: float = 0.95) -> dict:
+    """`stats.agreement` of the judge's verdicts on the rows' completions with their human labels."""
+    return stats.agreement(judges.refusals([r["completion"] for r in rows], judge, within),
+                           [r["refused"] for r in rows], confidence)
+
+
+def choose_within(dev: Sequence[dict], judge: str, grid: Sequence[int]) -> int:
+    """The N of `grid` at which the judge's prefix variant is most accurate on `dev` (ties: the smallest N)."""
+    return max(sorted(grid), key=lambda n: (check(dev, judge, n)["accuracy"]["value"], -n))
+
+
+def judge_table(rows: Sequence[dict], grid: Sequence[int], dev_fraction: float = 0.5, seed: int = 0,
+                confidence: float = 0.95) -> list[dict]:
+    """Per judge of `judges.JUDGES`, as published and as its prefix variant (N chosen on the dev part): its
+    agreement with people on the test part; the row with the highest test accuracy is marked `best`."""
+    dev, test = dev_test_split(rows, dev_fraction, seed)
+    table = []
+    for judge in judges.JUDGES:
+        n = choose_within(dev, judge, grid)
+        table += [{"judge": judge, "within": None, **check(test, judge, None, confidence)},
+                  {"judge": judge, "within": n, **check(test, judge, n, confidence)}]
+    best = max(range(len(table)), key=lambda i: table[i]["accuracy"]["value"])
+    return [row | {"best": i == best, "n_dev": len(dev)} for i, row in enumerate(table)]
