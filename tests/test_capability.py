@@ -43,3 +43,22 @@ def test_summarize_builds_results_and_table():
     assert measures == ["MMLU-Pro"] * 3 + ["XSTest"] * 2 + ["harmless"] * 2
     assert len(capability_plots.capability_bars(res).axes) == 2
     assert drift.drift_summary([{**drift_rows[0], "tokens": 0, "nll_base": 0.0, "nll_tuned": 0.0}])["ppl_base"] is None
+
+
+def test_arms_table_gives_each_attacked_arm_its_row_group_against_base():
+    def results(arm_flags: list[bool]) -> dict:
+        rows = {m: [{"id": str(i), "category": "a", "correct": c, "generated": 0, "generated_correct": c,
+                     "letter_mass": 0.9} for i, c in enumerate(flags)]
+                for m, flags in (("base", [True, True, False, False]), ("es2", arm_flags))}
+        xstest = {m: {"safe": ["Sure.", "Fine."], "unsafe": ["I cannot help.", "No."]} for m in ("base", "es2")}
+        drift_rows = [{"kl": 0.1, "kl_first": 0.2, "nll_base": 2.0, "nll_tuned": 4.0, "tokens": 2}]
+        return capability.summarize({m: {"mmlu_pro": r} for m, r in rows.items()}, xstest, drift_rows, 0.02, 200)
+
+    by_arm = {"es2": results([True, False, False, False]), "stl": results([True, True, True, False])}
+    numbers, shown = capability_plots.arms_table({**by_arm["es2"], "arms": by_arm})
+    per_arm = len(capability_plots.headline(by_arm["es2"]))
+    assert list(shown["model"]) == ["ES2"] * per_arm + ["STL"] * per_arm and len(numbers) == 2 * per_arm
+    first = numbers[numbers.measure.str.startswith("MMLU-Pro accuracy (letter")].set_index("arm")
+    assert first.loc["es2", "tuned"] == 0.25 and first.loc["stl", "tuned"] == 0.75 and first.loc["stl", "base"] == 0.5
+    assert {"arm", "arm − base"} <= set(shown.columns)
+    assert list(capability_plots.arm_results(by_arm["es2"])) == ["es2"]  # a results file of one arm

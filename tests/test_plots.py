@@ -238,3 +238,17 @@ def test_sweep_points_shares_and_separation_metrics():
                                                     for i, m in enumerate(("base", "es2"))}}
     assert figures.separation_metrics(metrics, {"Fisher ratio": "fisher"}) == (
         [1, 3], {"Fisher ratio": {"base": [1.0, 3.0], "es2": [2.0, 4.0]}})
+
+
+def test_prompt_attack_table_has_a_row_per_attacked_arm_with_its_search_record():
+    from es2_lib.plots import attacks as attack_plots
+
+    entries = [entry(m, a, "", d, 0.0, math.nan) for m, a, d in (
+        ("base", "none", 0.75), ("base", "gcg", 0.25), ("es2", "none", 1.0), ("es2", "gcg", 0.75),
+        ("stl", "none", 1.0), ("stl", "gcg", 0.5))]
+    search = {m: {"gcg": {"success_rate": s, "steps_to_success_median": 3, "final_loss_mean": 1.0}}
+              for m, s in (("base", 0.75), ("es2", 0.25), ("stl", 0.5))}
+    numbers, shown = attack_plots.prompt_attack_table(entries, search)
+    gcg = numbers[numbers.attack == "gcg"]
+    assert list(gcg.model) == ["base", "es2", "stl"] and list(gcg.search_success) == [0.75, 0.25, 0.5]
+    assert list(shown[shown.attack == "GCG"].model) == ["base", "ES2", "STL"]

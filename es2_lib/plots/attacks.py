@@ -46,8 +46,9 @@ def prompt_attack_table(entries: Sequence[AttackEntry], search: Mapping[str, Map
                         stage: str = "04_prompt_attacks") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1's rows of the prompt attacks (numbers, formatted cells) with each search's record beside them:
     success rate, median steps to success and mean final target CE. `search[model][attack]` is
-    prompt_search.search_summary of that attack (none for "no attack")."""
-    numbers, shown = dsr_table([Reported(stage, e) for e in entries])
+    prompt_search.search_summary of that attack (none for "no attack"); a row per model, base first."""
+    models = ["base", *dict.fromkeys(e.model for e in entries if e.model != "base")]
+    numbers, shown = dsr_table([Reported(stage, e) for e in entries], models)
     ran = (numbers.status == "ok").to_numpy()
     numbers, shown = numbers[ran], shown[ran]
     found = [search.get(m, {}).get(a, {}) for m, a in zip(numbers.model, numbers.attack)]

@@ -1,13 +1,16 @@
 """The capability stage's table and figure (stage 05; the figures stage builds Table 2 from the same rows):
-the headline measures of base and ES2 with the paired difference, as labelled rows, and the bar chart of
-accuracy, refusal rates and MMLU-Pro accuracy per category (docs/architecture.md, 'Metrics').
+the headline measures of base and ES2 with the paired difference, as labelled rows, Table 2 with a row group per
+attacked arm, and the bar chart of accuracy, refusal rates and MMLU-Pro accuracy per category
+(docs/architecture.md, 'Metrics').
 """
 
 from __future__ import annotations
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 from . import MODEL_COLORS, MODEL_LABELS
+from .tables import capability_table
 
 BENCHMARK_LABELS = {"mmlu_pro": "MMLU-Pro", "gpqa": "GPQA diamond"}
 
@@ -33,12 +36,30 @@ def headline(results: dict) -> list[dict]:
                      "es2": results["es2"]["xstest"][metric]["autodan"],
                      "difference": results["difference"]["xstest"][metric]})
     ppl_base, ppl_es2 = results["base"]["harmless"]["ppl"], results["es2"]["harmless"]["ppl"]
-    rows.append({"measure": "harmless KL(base ‖ ES2), nats per token", "short": "harmless KL", "base": None,
+    rows.append({"measure": "harmless KL(base ‖ tuned), nats per token", "short": "harmless KL", "base": None,
                  "es2": results["es2"]["harmless"]["kl"], "difference": None})
     rows.append({"measure": "harmless perplexity of base responses", "short": "harmless perplexity",
                  "base": {"value": ppl_base}, "es2": {"value": ppl_es2},
                  "difference": {"value": ppl_es2 - ppl_base} if ppl_base is not None else None})
     return rows
+
+
+def arm_results(results: dict) -> dict[str, dict]:
+    """Stage 05's results per attacked arm ({arm: base-vs-arm results}; a results file of one arm: {"es2": it})."""
+    return results.get("arms") or {"es2": results}
+
+
+def arms_table(results: dict, digits: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 with a row group per attacked arm: each arm's `headline` rows against base (numbers for CSV, with
+    the arm's columns named "tuned"; formatted cells for Markdown, the arm named in each row)."""
+    numbers, shown = [], []
+    for arm, r in arm_results(results).items():
+        n, s = capability_table(headline(r), digits)
+        numbers.append(n.rename(columns=lambda c: "tuned" + c[3:] if c.startswith("es2") else c).assign(arm=arm))
+        s = s.rename(columns={"ES2": "arm", "ES2 − base": "arm − base"})
+        s.insert(0, "model", MODEL_LABELS.get(arm, arm))
+        shown.append(s)
+    return pd.concat(numbers, ignore_index=True), pd.concat(shown, ignore_index=True)
 
 
 def capability_bars(results: dict) -> Figure:
