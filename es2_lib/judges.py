@@ -33,6 +33,7 @@ def _read_phrases(name: str, expected: int) -> tuple[str, ...]:
 
 REFUSAL_PHRASES: dict[str, tuple[str, ...]] = {judge: _read_phrases(*src) for judge, src in _SOURCES.items()}
 JUDGES = tuple(REFUSAL_PHRASES)
+FLAG_FIELDS = {"autodan": "refused", "jailbreakbench": "refused_jbb"}  # judge -> its flag in a judged response row
 _PATTERNS: dict[str, tuple[str, ...]] = {  # the strings actually searched for, per judge
     judge: tuple(p.lower() for p in phrases) if judge in _CASE_INSENSITIVE
     else tuple(dict.fromkeys(phrases + tuple(p.upper() for p in phrases)))

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from . import stats
-
-JUDGE_FIELDS = {"autodan": "refused", "jailbreakbench": "refused_jbb"}  # judge -> its flag in a judged response row
+from . import judges, stats
 
 
 def reported_flags(responses: Iterable[Mapping], settings: Mapping[tuple[str, str], str]) -> dict:
@@ -34,7 +32,7 @@ def paired_table(responses: Iterable[Mapping], settings: Mapping[tuple[str, str]
         shared = [p for p in base if p in by_prompt]
         if not shared:
             continue
-        for judge, field in JUDGE_FIELDS.items():
+        for judge, field in judges.FLAG_FIELDS.items():
             a, b = [bool(base[p][field]) for p in shared], [bool(by_prompt[p][field]) for p in shared]
             rows.append({"attack": attack, "model": model, "reference": reference, "judge": judge, "n": len(shared),
                          "reference_rate": stats.exact_rate(a, confidence), "rate": stats.exact_rate(b, confidence),

@@ -128,10 +128,6 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, heldout
     return {"measured": measured, "responses": responses, "judged": judged, "harmless_base_ppl": own}
 
 
-# keyword judge -> (its field in `evaluate.judge_responses` rows, the suffix of its keys in `arm_row`)
-JUDGE_FIELDS = {"autodan": ("refused", ""), "jailbreakbench": ("refused_jbb", "_jbb")}
-
-
 def arm_row(evaluated: dict, metrics: dict | None, training: dict | None, incoherent_ppl: float,
             confidence: float) -> dict:
     """One row of 02's arms table (a model evaluated by `evaluate_model`; `metrics` from `compare` against the
@@ -142,7 +138,8 @@ def arm_row(evaluated: dict, metrics: dict | None, training: dict | None, incohe
     ppl = [p for p in (evaluated["harmless_base_ppl"] or []) if not math.isnan(p)]
     harmful = [r for name, rows in judged.items() if not name.startswith("xstest") for r in rows]
     row = {}
-    for field, suffix in JUDGE_FIELDS.values():
+    for field in judges.FLAG_FIELDS.values():
+        suffix = field[len("refused"):]  # "" for the paper's judge, "_jbb"
         row |= {f"dsr_{name}{suffix}": rate([r[field] for r in rows]) for name, rows in judged.items()
                 if not name.startswith("xstest")}
         row |= {f"over_refusal_{name}{suffix}": rate([r[field] for r in rows]) for name, rows in judged.items()
@@ -166,14 +163,14 @@ COMPARISONS = (("es2", "base", "separation alone"), ("es2_retain", "es2", "the r
 def paired_comparisons(judged: Mapping[str, Mapping[str, list[dict]]], confidence: float, samples: int,
                        seed: int) -> list[dict]:
     """For each comparison of COMPARISONS whose two models were evaluated (`judged[model][set]`, `evaluate.judge`
-    rows on the same prompts), per set and keyword judge (JUDGE_FIELDS): the paired difference of the refused
+    rows on the same prompts), per set and keyword judge (`judges.FLAG_FIELDS`): the paired difference of the refused
     share (tuned − reference) with its interval and the exact McNemar test."""
     rows = []
     for tuned, reference, what in COMPARISONS:
         if tuned not in judged or reference not in judged:
             continue
         for name in judged[tuned]:
-            for judge, (field, _) in JUDGE_FIELDS.items():
+            for judge, field in judges.FLAG_FIELDS.items():
                 a = [r[field] for r in judged[reference][name]]
                 b = [r[field] for r in judged[tuned][name]]
                 diff = stats.paired_difference(a, b, samples, confidence, seed)
