@@ -81,7 +81,9 @@ def load_tuned(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     so `base_model(model)` gives the base back; the model itself with the tuned weights for full tuning)."""
     adapter_dir = Path(adapter_dir)
     if (adapter_dir / "adapter_config.json").is_file():
-        return PeftModel.from_pretrained(model, adapter_dir).eval()
+        with warnings.catch_warnings():  # peft calls a deprecated transformers property
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(model, adapter_dir).eval()
     files = sorted(adapter_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{adapter_dir} holds neither a peft adapter nor safetensors weights")
