@@ -321,14 +321,16 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
                                                                      ("es2", "none"): smoke.n_eval}
     assert len(runs.read_jsonl(run_dir / "02_es2_training" / "log.jsonl")) >= 1
     embedding, _ = read_attack_results(run_dir / "03_embedding_attacks" / "results.json")
-    for model in ("base", "es2"):
+    for model in ("base", *smoke.attacked_arms):  # every attacked arm of 02 beside base
         assert {"repe", "soft_prompt", "scav"} <= {e.attack for e in embedding if e.model == model}
     assert all(0 <= e.summary.dsr.value <= 1 for e in embedding)
     assert all(len(e.sweep) == len(smoke.repe_coeffs) for e in embedding if e.attack == "repe")  # kept beside it
     prompt, _ = read_attack_results(run_dir / "04_prompt_attacks" / "results.json")
-    assert {(e.model, e.attack) for e in prompt} >= {(m, a) for m in ("base", "es2") for a in ("gcg", "autodan")}
+    assert {(e.model, e.attack) for e in prompt} >= {(m, a) for m in ("base", *smoke.attacked_arms)
+                                                     for a in ("gcg", "autodan")}
     capability = read("05_capability", "results.json")
     assert {"mmlu_pro", "gpqa", "xstest", "harmless"} <= set(capability["base"]) and "difference" in capability
+    assert list(capability["arms"]) == smoke.attacked_arms
     subspaces = read("07_safety_subspaces", "results.json")
     assert subspaces["weight_mso"] and subspaces["sample_sizes"]["dsr_prompts"] > 0
     srr = read("08_srr", "results.json")
@@ -336,5 +338,9 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     for table in ("table_1_dsr", "table_2_capability"):
         assert (figures_dir / f"{table}.csv").exists() and (figures_dir / f"{table}.md").read_text().strip()
     table_1 = pd.read_csv(figures_dir / "table_1_dsr.csv")  # 06 found every attack in what 02-04 wrote
-    assert len(table_1) == 12 and set(table_1["status"]) == {"ok"}
+    assert len(table_1) == 6 * (1 + len(smoke.attacked_arms)) and set(table_1["status"]) == {"ok"}  # attack × model
+    assert set(table_1["model"]) == {"base", *smoke.attacked_arms}
+    paired_rows = pd.read_csv(figures_dir / "table_1b_paired.csv")  # each arm vs base per attack and judge
+    assert len(paired_rows) == 6 * len(smoke.attacked_arms) * 2 and paired_rows["holm_p"].between(0, 1).all()
+    assert len(pd.read_csv(figures_dir / "table_4_judges.csv")) == 4
     assert len(list(figures_dir.glob("*.png"))) >= 5 and (figures_dir / "timings.md").exists()
