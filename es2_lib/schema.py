@@ -97,7 +97,7 @@ class Params(BaseModel):
         ["es2", "es2_retain", "stl", "rr"], min_length=1,
         description="arms 02 trains (same data, steps, optimiser, seed, layers): es2 (the paper's objective), "
         "es2_retain (+ es2_retain term), stl (SFT on safety data + KL), rr (Circuit Breakers); the first is the "
-        "model later stages attack")
+        "adapter 07 and 08 study (03-05 take attacked_arms)")
     attacked_arms: list[Arm] = Field(
         ["es2", "stl"], min_length=1,
         description="the arms of 02 that stages 03-05 attack and evaluate beside base (a row group each in Tables 1 "
