@@ -45,7 +45,7 @@ def check(rows: Sequence[dict], judge: str, within: int | None = None, confidenc
 
 def choose_within(dev: Sequence[dict], judge: str, grid: Sequence[int]) -> int:
     """The N of `grid` at which the judge's prefix variant is most accurate on `dev` (ties: the smallest N)."""
-    return max(sorted(grid), key=lambda n: (check(dev, judge, n)["accuracy"]["value"], -n))
+    return max(grid, key=lambda n: (check(dev, judge, n)["accuracy"]["value"], -n))
 
 
 def judge_table(rows: Sequence[dict], grid: Sequence[int], dev_fraction: float = 0.5, seed: int = 0,

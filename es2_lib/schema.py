@@ -296,8 +296,10 @@ class Params(BaseModel):
 
     @model_validator(mode="after")
     def _arms_once(self, info: ValidationInfo) -> Params:
-        twice = sorted({arm for arm in self.arms if self.arms.count(arm) > 1})
-        _require(info, not twice, f"arms lists {twice} more than once; expected each arm at most once", "arms")
+        for key in ("arms", "attacked_arms"):
+            listed = getattr(self, key)
+            twice = sorted({arm for arm in listed if listed.count(arm) > 1})
+            _require(info, not twice, f"{key} lists {twice} more than once; expected each arm at most once", key)
         return self
 
     @model_validator(mode="after")
@@ -305,8 +307,6 @@ class Params(BaseModel):
         missing = [arm for arm in self.attacked_arms if arm not in self.arms]
         _require(info, not missing, f"attacked_arms lists {missing}, which arms {self.arms} does not train; expected "
                  "arms of arms", "attacked_arms", "arms")
-        twice = sorted({arm for arm in self.attacked_arms if self.attacked_arms.count(arm) > 1})
-        _require(info, not twice, f"attacked_arms lists {twice} more than once", "attacked_arms")
         return self
 
     @model_validator(mode="after")

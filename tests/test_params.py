@@ -108,6 +108,7 @@ def test_null_screen_dtype_is_valid():
      "{file}, override -o n_terminal_layers=0: n_emergence_layers + n_terminal_layers must choose at least one"),
     ({"arms": ["es2", "stl", "es2"]}, {}, "{file}: arms lists ['es2'] more than once"),
     ({"arms": ["es2", "rr"]}, {}, "{file}: attacked_arms lists ['stl'], which arms ['es2', 'rr'] does not train"),
+    ({"attacked_arms": ["es2", "es2"]}, {}, "{file}: attacked_arms lists ['es2'] more than once"),
     ({"es2_layer_counts": [1, 3], "es2_layer_rule": "emergence_terminal"}, {},
      "{file}: es2_layer_counts [1, 3] needs es2_layer_rule 'matched'"),
 ])
