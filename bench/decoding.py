@@ -7,14 +7,16 @@ On the first `--n` AdvBench prompts, per model (base, and the ES2 model with `--
 one process after a warm-up batch:
 - `generate`: `model.generate` (the library's path before continuous batching), every response judged whole:
   keyword judges, and its perplexity under the base network (the coherence judge) for every response;
-- `library`: `generation.generate(..., until_verdict=True)` judged by `evaluate.judge`;
+- `library`: `evaluate.generate_and_judge` (`decoding.greedy` stopped at the verdict, judged by `evaluate.judge`'s
+  rules; for the base model the perplexities come from the decoding pass itself), checked against a second forward;
 - `library_bfloat16` (base only, with `--bf16`): the same on a bfloat16 copy of the model.
 It reports seconds, judged responses per second and ratios; how many library responses equal `generate`'s (a
 response stopped at its verdict must be a prefix of `generate`'s) and, for each that differs, the logit gap
 between the two best tokens where they part (from `model.generate` on that prompt alone, float32); and whether
 the verdicts agree. Then the refusal screen: fitted on other AdvBench and Alpaca prompts (`--n-fit` each), scored
 on the `--n` AdvBench plus `--n-harmless` Alpaca prompts against their judged verdicts (AUROC, accuracy at the
-fitted threshold), timed against generate-and-judge on the same prompts.
+fitted threshold), timed against generate-and-judge on the same prompts (and, with `--bf16`, the screen on a bfloat16
+copy, fitted on its own log-probs).
 
     python bench/decoding.py --adapter runs/default/02_es2_training/adapter --bf16
 """
@@ -22,6 +24,7 @@ fitted threshold), timed against generate-and-judge on the same prompts.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import time
@@ -98,9 +101,8 @@ def measure(model, tokenizer, prompts: list[str], args, is_base: bool, bf16_mode
                                                                   args.batch_size), args.incoherent_ppl)
 
     def new(m):
-        responses = generate(m, tokenizer, prompts, **gen, until_verdict=True)
-        return responses, evaluate.judge(m, tokenizer, prompts, responses, args.batch_size, args.incoherent_ppl,
-                                         is_base)
+        return evaluate.generate_and_judge(m, tokenizer, prompts, args.max_new_tokens, args.batch_size,
+                                           args.incoherent_ppl, is_base)
 
     methods = {"generate": old, "library": lambda: new(model)}
     if bf16_model is not None:
@@ -117,38 +119,63 @@ def measure(model, tokenizer, prompts: list[str], args, is_base: bool, bf16_mode
               "refused": {k: sum(r["refused"] for r in rows) / len(rows) for k, (_, rows) in out.items()},
               "agreement": {k: compare(model, tokenizer, prompts, reference, responses, args.max_new_tokens)
                             for k, (responses, _) in out.items() if k != "generate"}}
+    if is_base:  # the decoding pass's perplexities against a second forward over the re-tokenised text
+        rows = out["library"][1]
+        need = [i for i, r in enumerate(rows) if not r["refused"]]
+        forward = evaluate.response_perplexity(model, tokenizer, [prompts[i] for i in need],
+                                               [out["library"][0][i] for i in need], args.batch_size)
+        pairs = [(rows[i]["perplexity"], f) for i, f in zip(need, forward)
+                 if math.isfinite(rows[i]["perplexity"]) and math.isfinite(f)]  # NaN: an empty response
+        rel = [abs(free / f - 1) for free, f in pairs]
+        result["free_perplexity"] = {
+            "n": len(pairs), "max_relative_difference": max(rel, default=0.0),
+            "within_1e-3": sum(r < 1e-3 for r in rel),
+            "incoherent_verdicts_agree": sum((free > args.incoherent_ppl) == (f > args.incoherent_ppl)
+                                             for free, f in pairs)}
+        print(f"  perplexity from the decoding pass vs a second forward: {result['free_perplexity']}", flush=True)
     for k, a in result["agreement"].items():
         print(f"  {k}: {a['identical']}/{a['of']} responses identical to generate's, verdicts agree "
               f"{a['verdicts_agree']}/{a['of']}, gaps where they part {[d['logit_gap'] for d in a['differing']]}")
     return result, out["library"][0]
 
 
-def screen(model, tokenizer, harmful: list[str], harmful_responses: list[str], judge_harmful_s: float,
-           harmless: list[str], fit_prompts: list[str], args, is_base: bool) -> dict:
+def screen(model, tokenizer, harmful: list[str], harmful_responses: list[str], seconds: dict,
+           harmless: list[str], fit_prompts: list[str], args, is_base: bool, bf16_model=None) -> dict:
     """The refusal screen's agreement with generate-and-judge (the library path; on the harmful prompts its
-    responses and seconds from `measure`), and its speed against it on the same prompts."""
+    responses from `measure`, whose `seconds` per method time generate-and-judge there), and its speed on the same
+    prompts against the library path (harmful and harmless prompts) and against `model.generate`-and-judge
+    (harmful prompts, the ones `measure` timed it on); with `bf16_model` also the screen on that bfloat16 copy,
+    fitted on its own log-probs and checked against the float32 verdicts."""
     fit_responses = generate(model, tokenizer, fit_prompts, args.max_new_tokens, args.batch_size, until_verdict=True)
-    fitted = refusal_screen.fit(tokenizer, refusal_screen.first_token_logprobs(model, tokenizer, fit_prompts,
-                                                                               args.batch_size),
-                                fit_responses, judges.refusals(fit_responses))
-    def judged() -> list[str]:
-        responses = generate(model, tokenizer, harmless, args.max_new_tokens, args.batch_size, until_verdict=True)
-        evaluate.judge(model, tokenizer, harmless, responses, args.batch_size, args.incoherent_ppl, is_base)
-        return responses
-
-    judge_s, harmless_responses = timed(judged)
-    screen_s, logprobs = timed(lambda: refusal_screen.first_token_logprobs(model, tokenizer, harmful + harmless,
-                                                                           args.batch_size))
+    fit_refused = judges.refusals(fit_responses)
+    judge_s, (harmless_responses, _) = timed(lambda: evaluate.generate_and_judge(
+        model, tokenizer, harmless, args.max_new_tokens, args.batch_size, args.incoherent_ppl, is_base))
     refused = judges.refusals(harmful_responses + harmless_responses)
-    result = {"refusal_tokens": [tokenizer.decode([t]) for t in fitted.tokens], "threshold": fitted.threshold,
-              "fit_prompts": len(fit_prompts), "seconds": {"generate_and_judge": judge_s + judge_harmful_s,
-                                                           "screen": screen_s},
-              "speedup": (judge_s + judge_harmful_s) / screen_s,
-              **refusal_screen.agreement(fitted, logprobs, refused),
-              "harmful_only": refusal_screen.agreement(fitted, logprobs[:len(harmful)], refused[:len(harmful)])}
-    print(f"  screen: tokens {result['refusal_tokens'][:6]}, generate-and-judge {judge_s + judge_harmful_s:.1f} s, "
-          f"screen {screen_s:.1f} s ({result['speedup']:.1f}x); AUROC {result['auroc']}, accuracy "
-          f"{result['accuracy']:.3f} on {result['n']}", flush=True)
+    library_s = judge_s + seconds["library"]
+    result = {"fit_prompts": len(fit_prompts), "generate_and_judge_s": {"library": library_s,
+                                                                         "generate_harmful": seconds["generate"]}}
+    for name, m in {"float32": model, "bfloat16": bf16_model}.items():
+        if m is None:
+            continue
+        fitted = refusal_screen.fit(tokenizer, refusal_screen.first_token_logprobs(m, tokenizer, fit_prompts,
+                                                                                   args.batch_size),
+                                    fit_responses, fit_refused)
+        harmful_s, on_harmful = timed(lambda: refusal_screen.first_token_logprobs(m, tokenizer, harmful,
+                                                                                  args.batch_size))
+        harmless_s, on_harmless = timed(lambda: refusal_screen.first_token_logprobs(m, tokenizer, harmless,
+                                                                                    args.batch_size))
+        logprobs = torch.cat([on_harmful, on_harmless])
+        result[name] = {"refusal_tokens": [tokenizer.decode([t]) for t in fitted.tokens],
+                        "threshold": fitted.threshold, "seconds": harmful_s + harmless_s,
+                        "speedup_vs_library": library_s / (harmful_s + harmless_s),
+                        "speedup_vs_generate": seconds["generate"] / harmful_s,
+                        **refusal_screen.agreement(fitted, logprobs, refused),
+                        "harmful_only": refusal_screen.agreement(fitted, on_harmful, refused[:len(harmful)])}
+        r = result[name]
+        print(f"  screen {name}: tokens {r['refusal_tokens'][:6]}, {r['seconds']:.1f} s: "
+              f"{r['speedup_vs_library']:.1f}x the library's generate-and-judge ({library_s:.1f} s), "
+              f"{r['speedup_vs_generate']:.1f}x model.generate's on the harmful prompts; AUROC {r['auroc']}, "
+              f"accuracy {r['accuracy']:.3f} on {r['n']}", flush=True)
     return result
 
 
@@ -162,7 +189,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--incoherent-ppl", type=float, default=100.0)
-    parser.add_argument("--bf16", action="store_true", help="also the library path on a bfloat16 copy (base)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also the library path on a bfloat16 copy (base) and the screen on one (base and ES2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "bench/results/decoding.json"))
     args = parser.parse_args()
@@ -182,9 +210,10 @@ def main() -> None:
     for which in ["base", "es2"] if args.adapter else ["base"]:
         print(which)  # the adapter is loaded after the base model is measured (peft wraps the base in place)
         m, is_base = (model, True) if which == "base" else (adapters.load_tuned(model, Path(args.adapter)), False)
+        m_bf16 = bf16 if which == "base" or bf16 is None else adapters.load_tuned(bf16, Path(args.adapter))
         result, responses = measure(m, tokenizer, prompts, args, is_base, bf16 if which == "base" else None)
-        result["screen"] = screen(m, tokenizer, prompts, responses, result["seconds"]["library"], harmless,
-                                  fit_prompts, args, is_base)
+        result["screen"] = screen(m, tokenizer, prompts, responses, result["seconds"], harmless, fit_prompts, args,
+                                  is_base, m_bf16)
         report["models"][which] = result
         write_json(Path(args.out), report)  # what is measured so far survives a crash
 

@@ -78,12 +78,14 @@ def save_adapter(model: nn.Module, target: str | Path) -> Path:
 
 def load_tuned(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Apply a saved ES2 adapter to a freshly loaded base model; returns it in eval mode (a PeftModel for LoRA,
-    so `base_model(model)` gives the base back; the model itself with the tuned weights for full tuning)."""
+    so `base_model(model)` gives the base back; the model itself with the tuned weights for full tuning). LoRA
+    weights take the base model's dtype (peft would keep them float32 beside bfloat16 weights: slower, every
+    forward casting)."""
     adapter_dir = Path(adapter_dir)
     if (adapter_dir / "adapter_config.json").is_file():
         with warnings.catch_warnings():  # peft calls a deprecated transformers property
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return PeftModel.from_pretrained(model, adapter_dir).eval()
+            return PeftModel.from_pretrained(model, adapter_dir, autocast_adapter_dtype=False).eval()
     files = sorted(adapter_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{adapter_dir} holds neither a peft adapter nor safetensors weights")

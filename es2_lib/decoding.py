@@ -16,6 +16,7 @@ model once per call (`batching.shared_head`); each prefill starts from their cac
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -37,6 +38,8 @@ RowEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (residual [bat
 class _Row:
     index: int  # position of the prompt in the caller's list
     tokens: list[int] = field(default_factory=list)  # generated so far
+    nll: float = 0.0  # summed negative log-probability of its tokens that are not special tokens
+    scored: int = 0  # how many tokens that sum counts
 
 
 def prefill(model: PreTrainedModel, rows: Sequence[Sequence[int]] | Sequence[torch.Tensor], pad_id: int,
@@ -106,9 +109,21 @@ def greedy(
     EOS, after `max_new_tokens`, or as soon as `stop(decoded response so far)` is true (its text is then that).
     `row_edits[l]` edits the residual stream at layer l in every forward, knowing which prompt each row is, so a
     prompt keeps its own edit while rows come and go."""
+    return greedy_scored(model, tokenizer, prompts, max_new_tokens, batch_size, stop, chat, progress, row_edits)[0]
+
+
+def greedy_scored(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                  max_new_tokens: int, batch_size: int = 8, stop: Stop | None = None, chat: bool = True,
+                  progress: bool = False, row_edits: Mapping[int, RowEdit] | None = None
+                  ) -> tuple[list[str], list[float]]:
+    """`greedy`, and each response's perplexity under the model that wrote it, from the decoding pass's own
+    log-probabilities of its tokens (special tokens such as EOS left out; NaN for a response without tokens): no
+    second forward. Under `row_edits` it is the edited model's perplexity."""
     texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
     ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"] if texts else []
-    return greedy_tokens(model, tokenizer, ids, max_new_tokens, batch_size, stop, progress, row_edits)
+    rows = [list(row) for row in ids]
+    with edited_rows(model, row_edits) as in_batch:
+        return _greedy(model, tokenizer, rows, max_new_tokens, batch_size, stop, progress, in_batch, score=True)
 
 
 def greedy_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -119,7 +134,7 @@ def greedy_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     round trip through text) or as input embeddings [length, hidden] each (e.g. with a soft prompt inside)."""
     rows = [row if isinstance(row, torch.Tensor) else list(row) for row in ids]
     with edited_rows(model, row_edits) as in_batch:
-        return _greedy(model, tokenizer, rows, max_new_tokens, batch_size, stop, progress, in_batch)
+        return _greedy(model, tokenizer, rows, max_new_tokens, batch_size, stop, progress, in_batch)[0]
 
 
 @contextlib.contextmanager
@@ -133,8 +148,8 @@ def edited_rows(model: PreTrainedModel, row_edits: Mapping[int, RowEdit] | None)
 
 
 def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[list[int]] | list[torch.Tensor],
-            max_new_tokens: int, batch_size: int, stop: Stop | None, progress: bool, in_batch: list[torch.Tensor]
-            ) -> list[str]:
+            max_new_tokens: int, batch_size: int, stop: Stop | None, progress: bool, in_batch: list[torch.Tensor],
+            score: bool = False) -> tuple[list[str], list[float]]:
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"greedy needs max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
     check_fits([len(row) for row in ids], getattr(model.config, "max_position_embeddings", None), max_new_tokens)
@@ -143,7 +158,8 @@ def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: lis
     waiting = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: memory peaks early
     eos = model.generation_config.eos_token_id  # what generate stops at: an id or a list of ids
     eos = set(eos if isinstance(eos, list) else [tokenizer.eos_token_id if eos is None else eos])
-    responses = [""] * len(ids)
+    responses, perplexities = [""] * len(ids), [math.nan] * len(ids)
+    special = set(tokenizer.all_special_ids)
     device = model.get_input_embeddings().weight.device
     rows: list[_Row] = []
     cache, mask, last = DynamicCache(), torch.zeros(0, 0, dtype=torch.long, device=device), None
@@ -156,6 +172,7 @@ def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: lis
             if joining:  # prefill the joining prompts on their own, then merge them into the batch
                 logits, new_cache, new_mask = prefill(model, [ids[r.index] for r in joining], tokenizer.pad_token_id,
                                                       head)
+                step_logits = logits
                 first = logits.argmax(-1)
                 cache, mask = (new_cache, new_mask) if not rows else _join(cache, mask, new_cache, new_mask)
                 last = first if not rows else torch.cat([last, first])
@@ -165,18 +182,27 @@ def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: lis
                 out = model(input_ids=last[:, None], attention_mask=step_mask,
                             position_ids=mask.sum(1, keepdim=True), past_key_values=cache, use_cache=True,
                             logits_to_keep=1)
-                cache, mask, last = out.past_key_values, step_mask, out.logits[:, -1].argmax(-1)
+                step_logits = out.logits[:, -1]
+                cache, mask, last = out.past_key_values, step_mask, step_logits.argmax(-1)
+            # log P(chosen token) of each row that got one (the joining rows, or all); only when scoring
+            chosen = (step_logits.gather(1, (first if joining else last)[:, None])[:, 0].float()
+                      - step_logits.float().logsumexp(-1)).tolist() if score else None
             kept = []
             for j, row in enumerate(rows):
                 if joining and j < len(rows) - len(joining):  # a running row: no new token, nothing to check
                     kept.append(j)
                     continue
                 row.tokens.append(int(last[j]))
+                if chosen is not None and row.tokens[-1] not in special:
+                    row.nll -= chosen[j - (len(rows) - len(joining)) if joining else j]
+                    row.scored += 1
                 finished = row.tokens[-1] in eos or len(row.tokens) >= max_new_tokens  # decode only when needed
                 if not finished and stop is not None:
                     finished = stop(tokenizer.decode(row.tokens, skip_special_tokens=True))
                 if finished:
                     responses[row.index] = tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
+                    if row.scored:
+                        perplexities[row.index] = math.exp(row.nll / row.scored)
                     if bar:
                         bar.update(1)
                 else:
@@ -189,4 +215,4 @@ def _greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: lis
                 rows = [rows[j] for j in kept]
     if bar:
         bar.close()
-    return responses
+    return responses, perplexities

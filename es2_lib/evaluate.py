@@ -19,7 +19,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from . import judges, stats
+from . import decoding, judges, stats
 from .adapters import base_model
 from .batching import prompt_target_batch, shared_head, target_nll
 from .models import chat_prompt
@@ -107,6 +107,22 @@ def judge(model: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequen
         for i, value in zip(need, got):
             perplexities[i] = value
     return judge_responses(responses, perplexities, ppl_threshold)
+
+
+def generate_and_judge(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                       ppl_threshold: float, is_base: bool, progress: bool = False) -> tuple[list[str], list[dict]]:
+    """Greedy responses stopped at the verdict (`generation.generate(..., until_verdict=True)`) and `judge`'s rows
+    for them. For the base model each perplexity comes from the decoding pass's own log-probabilities of the
+    response's tokens (`decoding.greedy_scored`; `judge` re-tokenises the text, which can split a few responses
+    differently), so no second forward runs."""
+    if not is_base:
+        responses = decoding.greedy(model, tokenizer, prompts, max_new_tokens, batch_size, judges.settled,
+                                    progress=progress)
+        return responses, judge(model, tokenizer, prompts, responses, batch_size, ppl_threshold, is_base)
+    responses, own = decoding.greedy_scored(model, tokenizer, prompts, max_new_tokens, batch_size, judges.settled,
+                                            progress=progress)
+    needed = [math.nan if judges.is_refusal(text, "autodan") else ppl for text, ppl in zip(responses, own)]
+    return responses, judge_responses(responses, needed, ppl_threshold)
 
 
 def summarize(rows: Sequence[dict], samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:

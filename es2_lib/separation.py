@@ -115,14 +115,14 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, heldout
     """Everything 02 reports of one model (base or an arm): `measure` on the held-out eval prompts; the judged
     responses (`evaluate.judge`) to the harmful eval prompts (set "harmful_eval") and to every other set
     (`other_sets[name]`: out-of-distribution harmful sets for DSR, "xstest_..." sets for over-refusal; stopped at
-    the verdict); and the base network's perplexity of the model's own harmless eval responses (their coherence)."""
+    the verdict, `evaluate.generate_and_judge`); and the base network's perplexity of the model's own harmless eval responses (their coherence)."""
     measured = measure(model, tokenizer, heldout, batch_size, max_new_tokens, reference)
-    judged_sets = {"harmful_eval": heldout["harmful"], **other_sets}
-    responses = {"harmful_eval": measured["responses"]["harmful"],
-                 **{name: generation.generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True,
-                                              until_verdict=True) for name, prompts in other_sets.items()}}
-    judged = {name: evaluate.judge(model, tokenizer, judged_sets[name], responses[name], batch_size, incoherent_ppl,
-                                   is_base) for name in judged_sets}
+    responses = {"harmful_eval": measured["responses"]["harmful"]}
+    judged = {"harmful_eval": evaluate.judge(model, tokenizer, heldout["harmful"], responses["harmful_eval"],
+                                             batch_size, incoherent_ppl, is_base)}
+    for name, prompts in other_sets.items():
+        responses[name], judged[name] = evaluate.generate_and_judge(model, tokenizer, prompts, max_new_tokens,
+                                                                    batch_size, incoherent_ppl, is_base, progress=True)
     score = evaluate.response_perplexity if is_base else evaluate.base_perplexity
     own = score(model, tokenizer, heldout["harmless"], measured["responses"]["harmless"], batch_size)
     return {"measured": measured, "responses": responses, "judged": judged, "harmless_base_ppl": own}

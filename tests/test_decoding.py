@@ -4,6 +4,7 @@ leave the batch (no forward is spent on them), and it works under peft and resid
 from __future__ import annotations
 
 import peft
+import pytest
 import torch
 
 from es2_lib import batching, data, decoding, hooks, models
@@ -89,3 +90,21 @@ def test_the_chat_head_runs_once_and_not_under_an_edit_or_with_gradients(lively)
     assert all(row[:head.length] == ids[0][:head.length] for row in ids)
     assert mask.shape[1] == max(len(row) for row in ids)
     torch.testing.assert_close(logits, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_the_decoding_pass_scores_each_response_like_a_forward_over_its_tokens(lively):
+    model, tokenizer = lively
+    prompts = PROMPTS[:7]
+    responses, perplexities = decoding.greedy_scored(model, tokenizer, prompts, 9, batch_size=3)
+    assert responses == decoding.greedy(model, tokenizer, prompts, 9, batch_size=3)
+    for prompt, ppl in zip(prompts, perplexities):  # each prompt alone: model.generate's tokens, then one forward
+        enc = tokenizer(models.chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
+        ids = model.generate(**enc, max_new_tokens=9, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        with torch.inference_mode():
+            logprobs = model(ids).logits[0, :-1].float().log_softmax(-1)
+        start = enc["input_ids"].shape[1]
+        new = ids[0, start:]
+        chosen = logprobs[start - 1:].gather(1, new[:, None])[:, 0]
+        kept = ~torch.isin(new, torch.tensor(tokenizer.all_special_ids))
+        assert kept.any()
+        assert ppl == pytest.approx(float(torch.exp(-chosen[kept].mean())), rel=1e-4)

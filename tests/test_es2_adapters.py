@@ -35,6 +35,8 @@ def test_lora_trains_only_the_adapter_and_saves_and_loads(tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary folder left
     loaded = adapters.load_tuned(models.load_model("tiny")[0], tmp_path / "adapter")
     torch.testing.assert_close(separation.next_token_logprobs(loaded, tokenizer, PROMPTS), expected)
+    half = adapters.load_tuned(models.load_model("tiny", dtype="bfloat16")[0], tmp_path / "adapter")
+    assert {w.dtype for n, w in half.named_parameters() if "lora_" in n} == {torch.bfloat16}  # the base's dtype
 
 
 def test_full_fine_tuning_has_no_base_model_and_loads_its_weights(tiny, tmp_path):

@@ -4,7 +4,7 @@ import peft
 import pytest
 import torch
 
-from es2_lib import evaluate, models
+from es2_lib import data, decoding, evaluate, generation, judges, models
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -79,3 +79,16 @@ def test_judge_scores_perplexity_only_where_the_verdict_needs_it(lively):
     assert [rows[0]["perplexity"], rows[2]["perplexity"]] == pytest.approx([expected[0], expected[2]], rel=1e-5)
     unadapted = evaluate.judge(model, tokenizer, prompts, responses, 2, 100.0, is_base=False)  # no adapter: no ppl
     assert all(math.isnan(r["perplexity"]) for r in unadapted)
+
+
+def test_generate_and_judge_takes_the_base_perplexity_from_the_decoding_pass(lively):
+    model, tokenizer = lively
+    prompts = [r["prompt"] for r in data.load_prompts("advbench")[:5]]
+    responses, rows = evaluate.generate_and_judge(model, tokenizer, prompts, 10, 2, 1e9, is_base=True)
+    assert responses == generation.generate(model, tokenizer, prompts, 10, 2, until_verdict=True)
+    again = evaluate.judge(model, tokenizer, prompts, responses, 2, 1e9, is_base=True)  # a second forward
+    assert [r["refused"] for r in rows] == [r["refused"] for r in again]
+    assert not all(r["refused"] for r in rows)
+    _, own = decoding.greedy_scored(model, tokenizer, prompts, 10, 2, judges.settled)
+    for row, ppl in zip(rows, own):  # the decoding pass's perplexity where the verdict needs one, else none
+        assert math.isnan(row["perplexity"]) if row["refused"] else row["perplexity"] == pytest.approx(ppl)
