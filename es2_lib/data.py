@@ -3,7 +3,7 @@
 
 `load_prompts` reads a bundled set from `data/` (AdvBench, Alpaca, MaliciousInstruct, XSTest) or a user's CSV
 or JSON Lines file with a `prompt` column (read by local_tables.py). `make_splits` draws seeded,
-disjoint splits of harmful and harmless prompts; stage 01 writes them (`write_splits`) and every later stage
+disjoint splits of harmful and harmless prompts without near-duplicates (`near`); stage 01 writes them (`write_splits`) and every later stage
 reads them (`read_splits`), so all stages use the same ones. `load_refusals` and `load_pairs` read the
 (instruction, response) pairs that ES2's refusal retain term (paper Section 3) and the safety-subspace
 fine-tunes train on. Any malformed input raises `DataError` naming the file, the row and what was expected.
@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from . import judges
 from .local_tables import USER_SUFFIXES, DataError, checked_rows, load_table
 from .runs import read_json, write_json
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-SPLITS = ("probe_train", "es2_train", "eval")  # the splits of each class, in make_splits' order of keys
+SPLITS = ("probe_train", "es2_train", "dev", "eval")  # the splits of each class, in make_splits' order of keys
+WORD = re.compile(r"\w+")
 
 @dataclass(frozen=True)
 class _Bundled:
@@ -103,40 +107,71 @@ def _distinct(rows: list[dict]) -> list[dict]:
     return kept
 
 
-def make_splits(harmful_prompts: str, harmless_prompts: str, n_probe_train: int, n_es2_train: int, n_eval: int,
-                seed: int) -> dict[str, dict[str, list[dict]]]:
-    """Seeded, disjoint splits {"harmful"|"harmless": {"probe_train"|"es2_train"|"eval": rows}}.
+def content_words(prompt: str) -> frozenset[str]:
+    """The lower-cased words of `prompt` without English stop words (scikit-learn's list): what near-duplicates
+    share."""
+    return frozenset(WORD.findall(prompt.lower())) - ENGLISH_STOP_WORDS
+
+
+def near(words: frozenset[str], others: list[frozenset[str]], jaccard: float) -> bool:
+    """Whether `words` is a near-duplicate of any of `others`: content-word Jaccard similarity >= `jaccard`."""
+    return any(len(words & o) >= jaccard * len(words | o) for o in others if words | o)
+
+
+def drop_near(rows: list[dict], drawn: list[dict], jaccard: float) -> list[dict]:
+    """`rows` without those that are near-duplicates (`near`) of a prompt in `drawn` (e.g. an out-of-distribution
+    eval set against every split prompt, so no eval prompt is a paraphrase of a training one)."""
+    reference = [content_words(r["prompt"]) for r in drawn]
+    return [r for r in rows if not near(content_words(r["prompt"]), reference, jaccard)]
+
+
+def make_splits(harmful_prompts: str, harmless_prompts: str, n_probe_train: int, n_es2_train: int, n_dev: int,
+                n_eval: int, seed: int, jaccard: float) -> tuple[dict[str, dict[str, list[dict]]], dict[str, int]]:
+    """Seeded, disjoint splits {"harmful"|"harmless": {"probe_train"|"es2_train"|"dev"|"eval": rows}}, and per
+    class how many prompts were skipped as near-duplicates on the way.
 
     Rule: each class's prompts (`harmful_prompts`, `harmless_prompts`: sources of `load_prompts`) are deduplicated
     (up to whitespace, first occurrence kept, file order) and shuffled once by `random.Random(f"{seed}/{class}")`;
-    the splits are then consecutive slices of that order, drawn in the order eval (n_eval), es2_train
-    (n_es2_train), probe_train (n_probe_train). So eval depends only on the seed, the source and n_eval;
-    es2_train also on n_eval; changing n_probe_train never changes the other two splits, and enlarging a split
-    keeps its earlier prompts. The same arguments give the same splits in every process.
+    walking that order, a prompt is drawn unless it is a near-duplicate of one drawn before it (content-word
+    Jaccard >= `jaccard`, `near`), so no two prompts of a class in any splits are near-duplicates. The splits are
+    consecutive slices of the drawn order, in the order eval (n_eval), dev (n_dev), es2_train (n_es2_train),
+    probe_train (n_probe_train). So eval depends only on the seed, the source, `jaccard` and n_eval; changing
+    n_probe_train never changes the other splits, and enlarging a split keeps its earlier prompts. The same
+    arguments give the same splits in every process.
     """
-    need = n_eval + n_es2_train + n_probe_train
+    need = n_eval + n_dev + n_es2_train + n_probe_train
     splits: dict[str, dict[str, list[dict]]] = {}
+    skipped: dict[str, int] = {}
     for cls, source in (("harmful", harmful_prompts), ("harmless", harmless_prompts)):
         rows = _distinct(load_prompts(source))
-        if len(rows) < need:
-            raise DataError(
-                f"{cls} prompt set {source!r} has {len(rows)} distinct prompts but the splits need {need} "
-                f"(n_eval {n_eval} + n_es2_train {n_es2_train} + n_probe_train {n_probe_train}); "
-                f"lower these params or use a larger set"
-            )
         random.Random(f"{seed}/{cls}").shuffle(rows)
-        after_eval = n_eval + n_es2_train
-        splits[cls] = {
-            "probe_train": rows[after_eval:need],
-            "es2_train": rows[n_eval:after_eval],
-            "eval": rows[:n_eval],
-        }
+        drawn: list[dict] = []
+        words: list[frozenset[str]] = []
+        walked = 0
+        for row in rows:
+            if len(drawn) == need:
+                break
+            walked += 1
+            w = content_words(row["prompt"])
+            if not near(w, words, jaccard):
+                drawn.append(row)
+                words.append(w)
+        if len(drawn) < need:
+            raise DataError(
+                f"{cls} prompt set {source!r} has {len(drawn)} distinct prompts that are not near-duplicates of "
+                f"each other (near_duplicate_jaccard {jaccard}) but the splits need {need} (n_eval {n_eval} + "
+                f"n_dev {n_dev} + n_es2_train {n_es2_train} + n_probe_train {n_probe_train}); lower these params, "
+                f"raise near_duplicate_jaccard or use a larger set")
+        skipped[cls] = walked - need
+        cuts = [0, n_eval, n_eval + n_dev, n_eval + n_dev + n_es2_train, need]
+        splits[cls] = {"probe_train": drawn[cuts[3]:cuts[4]], "es2_train": drawn[cuts[2]:cuts[3]],
+                       "dev": drawn[cuts[1]:cuts[2]], "eval": drawn[:cuts[1]]}
     both = {_key(r["prompt"]) for s in splits["harmful"].values() for r in s} & {
         _key(r["prompt"]) for s in splits["harmless"].values() for r in s}
     if both:
         raise DataError(f"{len(both)} prompt(s) drawn as both harmful ({harmful_prompts!r}) and harmless "
                         f"({harmless_prompts!r}), e.g. {sorted(both)[0]!r}; the two sets must not overlap")
-    return splits
+    return splits, skipped
 
 
 def write_splits(path: Path, splits: dict[str, dict[str, list[dict]]]) -> Path:

@@ -64,7 +64,14 @@ class Params(BaseModel):
     harmless_prompts: str = Field("alpaca", description="a bundled set name or a CSV/JSONL file with a `prompt` column")
     n_probe_train: int = Field(64, ge=1, description="prompts per class in the probe-train split")
     n_es2_train: int = Field(64, ge=1, description="prompts per class in the ES2-train split")
+    n_dev: int = Field(
+        24, ge=1, description="prompts per class in the dev split: tuned choices are made on it (the KL guard's "
+        "held-out prompts), so eval is read only for reporting")
     n_eval: int = Field(24, ge=1, description="prompts per class in the eval split")
+    near_duplicate_jaccard: float = Field(
+        0.5, gt=0, le=1, description="two prompts whose content words (lower-cased, English stop words removed) have "
+        "Jaccard similarity >= this are near-duplicates: the splits draw no two of a class, and out-of-distribution "
+        "eval sets drop prompts near any split prompt")
     # --- judge and metrics -----------------------------------------------------------------------------------
     bootstrap_samples: int = Field(1000, ge=1, description="resamples for bootstrap confidence intervals")
     confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of reported intervals")
@@ -120,7 +127,7 @@ class Params(BaseModel):
         0.1, ge=0, description="stop training once the harmless KL (nats) on held-out prompts exceeds this")
     kl_guard_every: int = Field(5, ge=1, description="steps between the KL guard's checks on held-out prompts")
     kl_guard_prompts: int = Field(
-        16, ge=1, description="held-out harmless prompts of the KL guard (the first of the probe-train split)")
+        16, ge=1, description="held-out harmless prompts of the KL guard (the first of the harmless dev split)")
     es2_retain: Literal["kl", "refusal_ce"] = Field(
         "refusal_ce", description="the es2_retain arm's term: next-token KL to the base on harmful prompts, or CE on "
         "refusals")
@@ -314,6 +321,13 @@ class Params(BaseModel):
         for key in ("n_attack", "n_prompt_attack", "subspace_n_eval_dsr"):  # each takes the first eval prompts
             _require(info, getattr(self, key) <= self.n_eval, f"{key} ({getattr(self, key)}) must not exceed n_eval "
                      f"({self.n_eval}): it takes the first eval prompts", key, "n_eval")
+        return self
+
+    @model_validator(mode="after")
+    def _dev_prompts_suffice(self, info: ValidationInfo) -> Params:
+        _require(info, self.kl_guard_prompts <= self.n_dev, f"kl_guard_prompts ({self.kl_guard_prompts}) must not "
+                 f"exceed n_dev ({self.n_dev}): the KL guard takes the first harmless dev prompts", "kl_guard_prompts",
+                 "n_dev")
         return self
 
     @model_validator(mode="after")

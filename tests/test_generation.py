@@ -80,7 +80,8 @@ def test_embedded_refuses_harmful_and_answers_harmless(embedded):
     from the same split without a refusal phrase."""
     model, tokenizer = embedded
     p = params.from_mapping({"n_eval": 20})
-    splits = data.make_splits(p.harmful_prompts, p.harmless_prompts, p.n_probe_train, p.n_es2_train, p.n_eval, p.seed)
+    splits, _ = data.make_splits(p.harmful_prompts, p.harmless_prompts, p.n_probe_train, p.n_es2_train, p.n_dev,
+                                 p.n_eval, p.seed, p.near_duplicate_jaccard)
     harmful = [row["prompt"] for row in splits["harmful"]["eval"]]
     harmless = [row["prompt"] for row in splits["harmless"]["eval"][:5]]
     responses = generate(model, tokenizer, harmful + harmless, max_new_tokens=48, batch_size=8)
