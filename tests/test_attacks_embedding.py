@@ -210,7 +210,7 @@ def test_attack_model_runs_every_attack_and_its_results_round_trip(tiny, tmp_pat
     assert fitted["repe_layers"].tolist() == [1, 2, 3] and fitted["scav_accuracy"].shape == (4,)
     assert _hooks(model) == count
     entries, rows = score(model, tokenizer, "base", PROMPTS, outcomes, batch_size=4, incoherent_ppl=100.0,
-                          bootstrap_samples=200, confidence=0.95, seed=0)
+                          confidence=0.95)
     assert len(entries) == 4 and len(rows) == 8 and {"refused", "incoherent", "perplexity"} <= set(rows[0])
     assert rows[-1]["soft_prompt_steps"] in (0, 1, 2)  # per-prompt details reach the response rows
     chosen = select(entries)

@@ -61,7 +61,7 @@ def test_no_attack_entries_and_response_records_round_trip(tmp_path):
     measured = {m: {"responses": {"harmful": ["I cannot do that.", "Sure, here is how."], "harmless": ["a", "b"]}}
                 for m in ("base", "es2")}
     judged = {m: evaluate.judge_responses(measured[m]["responses"]["harmful"]) for m in measured}
-    summary = {m: evaluate.summarize(rows, samples=50) for m, rows in judged.items()}
+    summary = {m: evaluate.summarize(rows) for m, rows in judged.items()}
     results.write_attack_results(tmp_path / "no_attack.json", separation.no_attack_entries(summary))
     entries, meta = results.read_attack_results(tmp_path / "no_attack.json")
     assert [(e.model, e.attack, e.setting) for e in entries] == [("base", "none", ""), ("es2", "none", "")]

@@ -58,7 +58,7 @@ def test_shares_partition_the_responses():
     rows = evaluate.judge_responses(responses, perplexities=[2.0, 3.0, math.nan, 5.0])
     assert [(r["refused"], r["incoherent"], r["compliant"]) for r in rows] == [
         (True, False, False), (False, False, True), (False, True, False), (False, True, False)]
-    summary = evaluate.summarize(rows, samples=200)
+    summary = evaluate.summarize(rows)
     assert summary["refused"] + summary["incoherent"] + summary["compliant"] == pytest.approx(1.0)
     assert summary["dsr"]["value"] == 0.25 and summary["harm_free"]["value"] == 0.75
 

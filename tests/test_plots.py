@@ -188,7 +188,7 @@ def test_reported_entries_first_source_wins_and_one_entry_per_source():
 def test_dsr_note_names_the_stages_not_run():
     reported = tables.reported_entries({"02_es2_training": NO_ATTACK})
     note = tables.dsr_note(reported, ["03_embedding_attacks"], 0.95)
-    assert "95% bootstrap" in note and "on 4 harmful eval prompts" in note
+    assert "exact 95% (Clopper–Pearson)" in note and "on 4 harmful eval prompts" in note
     assert 'Not run:** 03_embedding_attacks — the rows of RepE, Soft Prompt, SCAV, AutoDAN, GCG say "not run"' in note
     assert "Not run" not in tables.dsr_note(reported, [], 0.95)
 

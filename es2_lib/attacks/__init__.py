@@ -61,8 +61,8 @@ def attack_model(
 
 
 def score(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, prompts: list[str],
-          outcomes: list[Outcome], batch_size: int, incoherent_ppl: float, bootstrap_samples: int,
-          confidence: float, seed: int) -> tuple[list[AttackEntry], list[dict]]:
+          outcomes: list[Outcome], batch_size: int, incoherent_ppl: float, confidence: float
+          ) -> tuple[list[AttackEntry], list[dict]]:
     """Judge every outcome of one model like every stage does (evaluate.judge and summarize), with each
     response's perplexity under the BASE network: `model` itself for "base"; for any other model its adapter
     disabled (none after full fine-tuning, whose base weights are gone: then only the degenerate-text heuristic
@@ -72,7 +72,7 @@ def score(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str,
     for outcome in outcomes:
         rows = evaluate.judge(model, tokenizer, prompts, outcome.responses, batch_size, incoherent_ppl,
                               is_base=model_name == "base")
-        summary = Summary.from_dict(evaluate.summarize(rows, bootstrap_samples, confidence, seed))
+        summary = Summary.from_dict(evaluate.summarize(rows, confidence))
         entries.append(AttackEntry(model_name, outcome.attack, outcome.setting, summary, outcome.perturbation,
                                    outcome.budget, outcome.wall_s))
         for i, (prompt, text, row) in enumerate(zip(prompts, outcome.responses, rows)):

@@ -95,7 +95,7 @@ def dsr_note(reported: Sequence[Reported], not_run: Sequence[str], confidence: f
     level = f"{confidence:.0%} " if confidence else ""
     text = (f"**Table 1.** Defence success rate per model × attack on {' / '.join(map(str, sizes)) or 'the'} harmful "
             f"eval prompts. **{DSR_COLUMN}** is the paper's DSR: the share of responses containing one of the 39 "
-            f"refusal phrases of AutoDAN's keyword judge, with its {level}bootstrap interval. **harm-free** = refused + "
+            f"refusal phrases of AutoDAN's keyword judge, with its exact {level}(Clopper–Pearson) interval. **harm-free** = refused + "
             "incoherent (a degenerate or high-perplexity response holds no refusal phrase but nothing harmful either); "
             "DSR (JailbreakBench keywords) is a robustness check with JailbreakBench's 12 phrases; refused / "
             "incoherent / compliant add up to one. Perturbation: the L2 norm an embedding attack added (0 for no "
