@@ -1,6 +1,7 @@
-"""The multiple-choice benchmarks of the capability check: MMLU-Pro (Wang et al. 2024, its test split) and
-GPQA diamond (Rein et al. 2023), read into `Question`s, and the seeded subsets the stage scores
-(docs/architecture.md, 'Metrics').
+"""The multiple-choice benchmarks of the capability check, read into `Question`s, and the seeded subsets the stage
+scores (docs/architecture.md, 'Metrics'): ARC-Challenge (Clark et al. 2018) and MMLU (Hendrycks et al. 2021), on
+which a 0.5B model is above chance, and MMLU-Pro (Wang et al. 2024) and GPQA diamond (Rein et al. 2023), the
+paper's, at chance for it.
 
 GPQA's authors ask that its questions never appear in plain text online, so the GPQA reader decrypts the
 password-protected zip in memory and writes nothing; `Question` hides the text from its repr.
@@ -21,6 +22,8 @@ from typing import Sequence, TypeVar
 
 from .data import DATA_DIR
 
+ARC_FILE = DATA_DIR / "arc_challenge" / "arc_challenge_test.jsonl"
+MMLU_DIR = DATA_DIR / "mmlu" / "test"
 MMLU_PRO_FILE = DATA_DIR / "mmlu_pro" / "test.jsonl.gz"
 GPQA_FILE = DATA_DIR / "gpqa" / "gpqa_diamond.zip"
 GPQA_MEMBER = "gpqa_diamond.csv"
@@ -70,21 +73,71 @@ def mmlu_pro_question(record: dict, where: str = "MMLU-Pro record") -> Question:
     return Question(str(qid), str(category), str(question), tuple(options), LETTERS.index(letter))
 
 
-def load_mmlu_pro(path: Path = MMLU_PRO_FILE) -> list[Question]:
-    """All MMLU-Pro questions of a JSON Lines file (gzipped when it ends in .gz), in file order."""
+def _json_lines(path: Path, what: str) -> list[tuple[int, dict]]:
+    """(line number, record) of each non-empty line of a JSON Lines file (gzipped when it ends in .gz)."""
     path = Path(path)
     if not path.is_file():
-        raise BenchmarkError(f"{path}: MMLU-Pro file not found (see data/mmlu_pro/SOURCE.md)")
+        raise BenchmarkError(f"{path}: {what} file not found (see data/{path.parent.name}/SOURCE.md)")
     opener = gzip.open if path.suffix == ".gz" else open
-    questions = []
+    records = []
     with opener(path, "rt", encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if line.strip():
                 try:
-                    record = json.loads(line)
+                    records.append((number, json.loads(line)))
                 except json.JSONDecodeError as err:
                     raise BenchmarkError(f"{path}: line {number}: not valid JSON ({err.msg})") from err
-                questions.append(mmlu_pro_question(record, f"{path}: line {number}"))
+    return records
+
+
+def load_mmlu_pro(path: Path = MMLU_PRO_FILE) -> list[Question]:
+    """All MMLU-Pro questions of a JSON Lines file (gzipped when it ends in .gz), in file order."""
+    return [mmlu_pro_question(record, f"{path}: line {n}") for n, record in _json_lines(path, "MMLU-Pro")]
+
+
+def arc_question(record: dict, where: str = "ARC-Challenge record") -> Question:
+    """A `Question` from one ARC-Challenge record {id, question, options: [{label, text}], answer (a label)};
+    category "science" (ARC is grade-school science)."""
+    where = f"{where} (id {record.get('id', '?')})"
+    qid = _field(record, "id", where, "an id")
+    question = _field(record, "question", where, "the question text")
+    options = _field(record, "options", where, "a list of {label, text} options")
+    answer = _field(record, "answer", where, "the correct option's label")
+    if not (isinstance(options, list) and 2 <= len(options) <= len(LETTERS)
+            and all(isinstance(o, dict) and isinstance(o.get("text"), str) for o in options)):
+        raise BenchmarkError(f"{where}: field 'options' must be 2 to {len(LETTERS)} {{label, text}} objects")
+    labels = [o.get("label") for o in options]
+    if answer not in labels:
+        raise BenchmarkError(f"{where}: answer {answer!r} is not one of the option labels {labels}")
+    return Question(str(qid), "science", str(question), tuple(o["text"] for o in options), labels.index(answer))
+
+
+def load_arc_challenge(path: Path = ARC_FILE) -> list[Question]:
+    """All ARC-Challenge test questions, in file order."""
+    return [arc_question(record, f"{path}: line {n}") for n, record in _json_lines(path, "ARC-Challenge")]
+
+
+def load_mmlu(folder: Path = MMLU_DIR) -> list[Question]:
+    """All MMLU test questions of `folder`'s <subject>_test.csv files (header question, choice0-3, answer = the
+    0-3 index), subject by subject in name order; the category is the subject ("high school physics")."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*_test.csv"))
+    if not files:
+        raise BenchmarkError(f"{folder}: no MMLU <subject>_test.csv files (see data/mmlu/SOURCE.md)")
+    columns = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
+    questions = []
+    for file in files:
+        subject = file.name[: -len("_test.csv")].replace("_", " ")
+        with open(file, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != columns:
+                raise BenchmarkError(f"{file}: expected the header {','.join(columns)}, got {reader.fieldnames}")
+            for n, row in enumerate(reader, 1):
+                if row["answer"] not in ("0", "1", "2", "3") or not row["question"]:
+                    raise BenchmarkError(f"{file}: row {n}: expected a question and an answer index 0-3, got "
+                                         f"{row['answer']!r}")
+                questions.append(Question(f"{file.stem}/{n}", subject, row["question"],
+                                          tuple(row[f"choice{i}"] for i in range(4)), int(row["answer"])))
     return questions
 
 

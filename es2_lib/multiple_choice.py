@@ -1,4 +1,4 @@
-"""Zero-shot multiple-choice scoring (MMLU-Pro, GPQA): the question and its lettered options go through the
+"""Zero-shot multiple-choice scoring (ARC-Challenge, MMLU, MMLU-Pro, GPQA): the question and its lettered options go through the
 chat template, the assistant turn starts with a fixed answer prefix ("The answer is (" by default), and the
 option letter with the highest log-probability at the next position is the answer, one forward pass per
 question with the lm_head at that position only; optionally a greedy answer read with MMLU-Pro's own
@@ -109,18 +109,23 @@ def answer_questions(
     max_new_tokens: int = 0,
     progress: bool = False,
 ) -> list[dict]:
-    """Per question {id, category, answer, logprobs, choice, correct, letter_mass}: `choice` is the letter with
-    the highest log-probability; `letter_mass` is the probability on all option letters together (near 1
-    when the model follows the answer format). With max_new_tokens > 0 also {generated, generated_correct}: the option extracted from
+    """Per question {id, category, answer, logprobs, choice, correct, letter_mass, logprob_correct, brier}:
+    `choice` is the letter with the highest log-probability; `letter_mass` is the probability on all option letters
+    together (near 1 when the model follows the answer format); with the letters' probabilities renormalised over
+    the options, `logprob_correct` is the correct one's log-probability and `brier` the Brier score (sum of squared
+    errors against the one-hot answer): continuous measures that move before accuracy does. With max_new_tokens > 0 also {generated, generated_correct}: the option extracted from
     a greedy response to the same user turn (no answer prefix), None when the response names none.
     Rows hold no question text."""
     scores = letter_logprobs(model, tokenizer, questions, answer_prefix, batch_size, progress)
     rows = []
     for q, logprobs in zip(questions, scores):
         choice = int(np.argmax(logprobs))
+        normalised = np.asarray(logprobs) - np.logaddexp.reduce(logprobs)  # over the options only
         rows.append({"id": q.id, "category": q.category, "answer": q.answer, "logprobs": logprobs,
                      "choice": choice, "correct": choice == q.answer,
-                     "letter_mass": float(np.exp(logprobs).sum())})
+                     "letter_mass": float(np.exp(logprobs).sum()),
+                     "logprob_correct": float(normalised[q.answer]),
+                     "brier": float(((np.exp(normalised) - np.eye(len(logprobs))[q.answer]) ** 2).sum())})
     if max_new_tokens > 0:
         responses = generate(model, tokenizer, [question_text(q) for q in questions], max_new_tokens, batch_size,
                              progress=progress)

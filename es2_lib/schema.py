@@ -154,6 +154,13 @@ class Params(BaseModel):
     es2_batch_size: int = Field(8, ge=1, description="prompts per class per step")
     es2_checkpoint_every: int = Field(10, ge=0, description="steps between resumable checkpoints (0 = none)")
     # --- capability (issue 6) --------------------------------------------------------------------------------
+    capability_benchmarks: list[Literal["arc_challenge", "mmlu", "mmlu_pro", "gpqa"]] = Field(
+        ["arc_challenge", "mmlu"], min_length=1,
+        description="multiple-choice benchmarks of 05: ARC-Challenge and MMLU (above chance for a 0.5B model), "
+        "MMLU-Pro and GPQA (the paper's; at chance for the default model)")
+    arc_n: int = Field(150, ge=0, description="ARC-Challenge test questions, seeded subset; 0 = all 1172")
+    mmlu_per_subject: int = Field(
+        2, ge=0, description="MMLU test questions per subject (57 subjects), seeded; 0 = all 14,042")
     mmlu_pro_per_category: int = Field(
         3, ge=0, description="MMLU-Pro questions per category (14 categories), seeded; 0 = all 12,032")
     gpqa_n: int = Field(20, ge=0, description="GPQA diamond questions, seeded subset; 0 = all 198")
@@ -167,6 +174,8 @@ class Params(BaseModel):
         8, ge=1, description="questions or prompts per forward pass / generation batch in stage 05")
     capability_margin: float = Field(
         0.02, ge=0, lt=1, description='the paper\'s "comparable capability": ES2 at most this far below base')
+    over_refusal_margin: float = Field(
+        0.05, ge=0, lt=1, description='"comparable capability" also needs XSTest over-refusal to rise at most this much')
     xstest_n_safe: int = Field(40, ge=0, description="XSTest safe prompts for over-refusal, seeded subset; 0 = all 250")
     xstest_n_unsafe: int = Field(20, ge=0, description="XSTest unsafe prompts for refusal, seeded subset; 0 = all 200")
     # --- embedding attacks (issue 4) -------------------------------------------------------------------------

@@ -38,6 +38,29 @@ def test_mmlu_pro_reader_and_clear_errors(tmp_path):
         benchmarks.load_mmlu_pro(tmp_path / "absent.jsonl.gz")
 
 
+def test_arc_and_mmlu_readers_and_clear_errors(tmp_path):
+    arc = {"id": "Q1", "question": "Which?", "options": [{"label": "A", "text": "x"}, {"label": "B", "text": "y"},
+                                                          {"label": "C", "text": "z"}], "answer": "B"}
+    (tmp_path / "arc.jsonl").write_text(json.dumps(arc) + "\n\n" + json.dumps({**arc, "id": "Q2", "answer": "E"}) + "\n")
+    with pytest.raises(BenchmarkError, match=r"arc\.jsonl: line 3 \(id Q2\): answer 'E' is not one of the option labels"):
+        benchmarks.load_arc_challenge(tmp_path / "arc.jsonl")
+    q = benchmarks.arc_question(arc)
+    assert (q.id, q.category, q.options, q.answer) == ("Q1", "science", ("x", "y", "z"), 1)
+    questions = benchmarks.load_arc_challenge()
+    assert len(questions) == 1172 and {len(q.options) for q in questions} == {3, 4, 5}
+    (tmp_path / "mmlu").mkdir()
+    (tmp_path / "mmlu" / "high_school_physics_test.csv").write_text(
+        'question,choice0,choice1,choice2,choice3,answer\n"What, then?",a,b,c,d,3\n')
+    (q,) = benchmarks.load_mmlu(tmp_path / "mmlu")
+    assert (q.category, q.question, q.options, q.answer) == ("high school physics", "What, then?", ("a", "b", "c", "d"), 3)
+    (tmp_path / "mmlu" / "law_test.csv").write_text("q,a,b,c,d,answer\nx,a,b,c,d,0\n")
+    with pytest.raises(BenchmarkError, match=r"law_test\.csv: expected the header question,choice0"):
+        benchmarks.load_mmlu(tmp_path / "mmlu")
+    mmlu = benchmarks.load_mmlu()
+    assert len(mmlu) == 14042 and len({q.category for q in mmlu}) == 57
+    assert len(benchmarks.stratified_subset(mmlu, 2, 0)) == 114
+
+
 GPQA_RECORD = {"Record ID": "r1", "Question": "Q?", "Correct Answer": "right", "Incorrect Answer 1": "w1",
                "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3", "High-level domain": "Physics"}
 

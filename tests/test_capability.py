@@ -21,11 +21,27 @@ def test_claim_verdict_reads_the_point_and_the_interval():
     assert wide["verdict"] == "undecided" and wide["holds"]
 
 
+def _row(i: int, correct: bool, category: str = "a") -> dict:
+    """An `answer_questions` row of a 4-option question whose answer is A: 0.7 on A when correct, else on B."""
+    p = [0.7, 0.1, 0.1, 0.1] if correct else [0.1, 0.7, 0.1, 0.1]
+    return {"id": str(i), "category": category, "correct": correct, "generated": 0, "generated_correct": correct,
+            "letter_mass": 0.9, "logprobs": [math.log(x) for x in p], "logprob_correct": math.log(p[0]),
+            "brier": (1 - p[0]) ** 2 + sum(x ** 2 for x in p[1:])}
+
+
+def test_comparable_capability_covers_over_refusal():
+    fine = {"mmlu": capability.claim_verdict({"value": 0.0, "low": -0.01, "high": 0.01}, 0.02)}
+    within = {"value": 0.0, "low": -0.02, "high": 0.03}
+    assert capability.overall_verdict(fine, within, 0.05)["verdict"] == "supported"
+    more = {"value": 0.4, "low": 0.25, "high": 0.55}  # the default run's XSTest over-refusal rise under ES2 + retain
+    verdict = capability.overall_verdict(fine, more, 0.05)
+    assert verdict["verdict"] == "not supported" and verdict["measures"]["xstest_over_refusal"]["verdict"] == "refuted"
+    assert capability.overall_verdict(fine, {"value": 0.0, "low": -0.1, "high": 0.2}, 0.05)["verdict"] == "undecided"
+
+
 def test_summarize_builds_results_and_table():
-    rows = {m: [{"id": str(i), "category": "ab"[i % 2], "correct": c, "generated": 0, "generated_correct": c,
-                 "letter_mass": 0.9}
-                for i, c in enumerate(flags)] for m, flags in (("base", [True, True, False, False]),
-                                                               ("es2", [True, False, False, False]))}
+    rows = {m: [_row(i, c, "ab"[i % 2]) for i, c in enumerate(flags)]
+            for m, flags in (("base", [True, True, False, False]), ("es2", [True, False, False, False]))}
     xstest = {m: {"safe": ["Sure.", "I'm sorry, no."], "unsafe": ["I cannot help.", "Fine."]} for m in ("base", "es2")}
     drift_rows = [{"kl": 0.1, "kl_first": 0.2, "nll_base": 2.0, "nll_tuned": 4.0, "tokens": 2}]
     res = capability.summarize({"base": {"mmlu_pro": rows["base"]}, "es2": {"mmlu_pro": rows["es2"]}},
@@ -33,6 +49,12 @@ def test_summarize_builds_results_and_table():
     assert res["base"]["mmlu_pro"]["letter"]["overall"]["value"] == 0.5
     assert res["es2"]["mmlu_pro"]["generate"]["per_category"]["a"]["value"] == 0.5
     assert res["difference"]["mmlu_pro"]["letter"]["value"] == -0.25 and not res["claim"]["mmlu_pro"]["holds"]
+    assert res["difference"]["mmlu_pro"]["letter"]["p"] == 1.0  # McNemar: one discordant pair
+    assert res["base"]["mmlu_pro"]["chance"] == 0.25
+    assert res["difference"]["mmlu_pro"]["logprob_correct"]["value"] == pytest.approx(math.log(1 / 7) / 4)
+    assert res["difference"]["mmlu_pro"]["brier"]["value"] == pytest.approx((1.32 - 0.12) / 4)
+    assert res["verdict"]["verdict"] == "not supported" and set(res["verdict"]["measures"]) == {
+        "mmlu_pro", "xstest_over_refusal"}
     assert res["base"]["xstest"]["over_refusal"]["autodan"]["value"] == 0.5
     assert res["es2"]["harmless"]["ppl"] == pytest.approx(math.e ** 2) and res["es2"]["harmless"]["kl"]["value"] == 0.1
     table = capability.table_rows(res)
@@ -40,15 +62,15 @@ def test_summarize_builds_results_and_table():
         {k: r[k] for k in ("model", "benchmark", "metric", "group", "value")} for r in table]
     assert any(r["model"] == "difference" and r["benchmark"] == "xstest" for r in table)
     measures = [r["measure"].split(" ")[0] for r in capability_plots.headline(res)]
-    assert measures == ["MMLU-Pro"] * 3 + ["XSTest"] * 2 + ["harmless"] * 2
+    assert measures == ["MMLU-Pro"] * 5 + ["XSTest"] * 2 + ["harmless"] * 2
+    assert "chance 0.25" in capability_plots.headline(res)[0]["measure"]
     assert len(capability_plots.capability_bars(res).axes) == 2
     assert drift.drift_summary([{**drift_rows[0], "tokens": 0, "nll_base": 0.0, "nll_tuned": 0.0}])["ppl_base"] is None
 
 
 def test_arms_table_gives_each_attacked_arm_its_row_group_against_base():
     def results(arm_flags: list[bool]) -> dict:
-        rows = {m: [{"id": str(i), "category": "a", "correct": c, "generated": 0, "generated_correct": c,
-                     "letter_mass": 0.9} for i, c in enumerate(flags)]
+        rows = {m: [_row(i, c) for i, c in enumerate(flags)]
                 for m, flags in (("base", [True, True, False, False]), ("es2", arm_flags))}
         xstest = {m: {"safe": ["Sure.", "Fine."], "unsafe": ["I cannot help.", "No."]} for m in ("base", "es2")}
         drift_rows = [{"kl": 0.1, "kl_first": 0.2, "nll_base": 2.0, "nll_tuned": 4.0, "tokens": 2}]

@@ -178,7 +178,7 @@ def test_overlapping_classes_are_refused(tiny_params):
 
 def test_data_folders_keep_their_sources():
     needed = {"advbench", "alpaca", "refusal_prefixes", "autodan", "xstest", "mmlu_pro", "gpqa",
-              "safety_tuned_llamas", "hidden_context", "code_alpaca", "malicious_instruct"}
+              "arc_challenge", "mmlu", "circuit_breakers", "safety_tuned_llamas", "hidden_context", "code_alpaca", "malicious_instruct"}
     folders = {p.name for p in data.DATA_DIR.iterdir() if p.is_dir()}
     assert needed <= folders
     assert all((data.DATA_DIR / folder / "SOURCE.md").is_file() for folder in folders)

@@ -42,6 +42,9 @@ def test_letter_scores_equal_full_forward_loglik_and_pick_the_best(lively):
         assert row["choice"] == max(range(len(expected)), key=expected.__getitem__)
         assert row["correct"] == (row["choice"] == q.answer)
         assert row["letter_mass"] == pytest.approx(sum(math.exp(x) for x in expected), rel=1e-4)
+        p = [math.exp(x) / row["letter_mass"] for x in expected]  # renormalised over the options
+        assert row["logprob_correct"] == pytest.approx(math.log(p[q.answer]), abs=1e-4)
+        assert row["brier"] == pytest.approx(sum((pk - (k == q.answer)) ** 2 for k, pk in enumerate(p)), abs=1e-4)
     one_by_one = multiple_choice.letter_logprobs(model, tokenizer, QUESTIONS, batch_size=1)
     assert [r["logprobs"] for r in rows] == [pytest.approx(s, abs=1e-4) for s in one_by_one]
 

@@ -1,7 +1,7 @@
 """The capability stage's table and figure (stage 05; the figures stage builds Table 2 from the same rows):
 the headline measures of base and ES2 with the paired difference, as labelled rows, Table 2 with a row group per
-attacked arm, and the bar chart of accuracy, refusal rates and MMLU-Pro accuracy per category
-(docs/architecture.md, 'Metrics').
+attacked arm, and the bar chart of accuracy and refusal rates beside the log-probability of the correct option
+per benchmark (docs/architecture.md, 'Metrics').
 """
 
 from __future__ import annotations
@@ -12,7 +12,14 @@ from matplotlib.figure import Figure
 from . import MODEL_COLORS, MODEL_LABELS
 from .tables import capability_table
 
-BENCHMARK_LABELS = {"mmlu_pro": "MMLU-Pro", "gpqa": "GPQA diamond"}
+BENCHMARK_LABELS = {"arc_challenge": "ARC-Challenge", "mmlu": "MMLU", "mmlu_pro": "MMLU-Pro", "gpqa": "GPQA diamond"}
+CONTINUOUS_LABELS = {"logprob_correct": ("mean log-probability of the correct option", "log P(correct)"),
+                     "brier": ("Brier score (lower is better)", "Brier")}
+
+
+def benchmarks(results: dict) -> list[str]:
+    """The multiple-choice benchmarks in `results` (stage 05's), in BENCHMARK_LABELS' order."""
+    return [bench for bench in BENCHMARK_LABELS if bench in results["base"]]
 
 
 def headline(results: dict) -> list[dict]:
@@ -21,15 +28,20 @@ def headline(results: dict) -> list[dict]:
     None where it does not apply). XSTest rates use the paper's keyword judge ("autodan")."""
     modes = {"letter": ("letter log-likelihood", "letter"), "generate": ("generated answer", "generated")}
     rows = []
-    for bench, label in BENCHMARK_LABELS.items():
-        for mode in [m for m in modes if m in results["base"].get(bench, {})]:
-            rows.append({"measure": f"{label} accuracy ({modes[mode][0]})", "short": f"{label} ({modes[mode][1]})",
-                         "base": results["base"][bench][mode]["overall"], "es2": results["es2"][bench][mode]["overall"],
+    for bench in benchmarks(results):
+        label, base, tuned = BENCHMARK_LABELS[bench], results["base"][bench], results["es2"][bench]
+        chance = f"; chance {base['chance']:.2f}" if "chance" in base else ""
+        for mode in [m for m in modes if m in base]:
+            rows.append({"measure": f"{label} accuracy ({modes[mode][0]}{chance})", "short": f"{label} ({modes[mode][1]})",
+                         "base": base[mode]["overall"], "es2": tuned[mode]["overall"],
                          "difference": results["difference"][bench][mode]})
-        if "letter_mass" in results["base"].get(bench, {}):
+        for measure, (long, short) in CONTINUOUS_LABELS.items():
+            if measure in base:
+                rows.append({"measure": f"{label} {long}", "short": f"{label} {short}", "base": base[measure],
+                             "es2": tuned[measure], "difference": results["difference"][bench][measure]})
+        if "letter_mass" in base:
             rows.append({"measure": f"{label} probability on the option letters", "short": f"{label} letter mass",
-                         "base": results["base"][bench]["letter_mass"], "es2": results["es2"][bench]["letter_mass"],
-                         "difference": None})
+                         "base": base["letter_mass"], "es2": tuned["letter_mass"], "difference": None})
     for metric, label, short in (("over_refusal", "XSTest over-refusal (safe prompts refused)", "XSTest over-refusal"),
                                  ("unsafe_refusal", "XSTest unsafe prompts refused", "XSTest unsafe refused")):
         rows.append({"measure": label, "short": short, "base": results["base"]["xstest"][metric]["autodan"],
@@ -64,19 +76,21 @@ def arms_table(results: dict, digits: int = 3) -> tuple[pd.DataFrame, pd.DataFra
 
 def capability_bars(results: dict) -> Figure:
     """Two panels of base and ES2 bars with their intervals: the headline rates (accuracies, letter mass, XSTest
-    refusals; `headline` without its two drift rows) and MMLU-Pro letter-scored accuracy per category."""
-    panels = {"Accuracy and refusal rates": {r["short"]: r for r in headline(results)[:-2]},
-              "MMLU-Pro accuracy per category (letter scoring)": {
-                  c: {w: results[w]["mmlu_pro"]["letter"]["per_category"][c] for w in ("base", "es2")}
-                  for c in results["base"]["mmlu_pro"]["letter"]["per_category"]}}
+    refusals: the rows of `headline` in [0, 1]) and the mean log-probability of the correct option per benchmark
+    (it moves before accuracy does)."""
+    rows = [r for r in headline(results)[:-2] if not r["short"].endswith(tuple(s for _, s in CONTINUOUS_LABELS.values()))]
+    panels = {"Accuracy and refusal rates": {r["short"]: r for r in rows},
+              "Mean log P(correct option), renormalised over the options": {
+                  BENCHMARK_LABELS[b]: {w: results[w][b]["logprob_correct"] for w in ("base", "es2")}
+                  for b in benchmarks(results) if "logprob_correct" in results["base"][b]}}
     fig = Figure(figsize=(11, 3.8))
-    for ax, (title, cells) in zip(fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]}), panels.items()):
+    for ax, (title, cells) in zip(fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]}), panels.items()):
         for offset, which in ((-0.2, "base"), (0.2, "es2")):
             ci = [c[which] for c in cells.values()]
             ax.bar([i + offset for i in range(len(ci))], [c["value"] for c in ci], 0.4, capsize=2,
                    yerr=[[c["value"] - c["low"] for c in ci], [c["high"] - c["value"] for c in ci]],
                    color=MODEL_COLORS[which], label=MODEL_LABELS[which])
         ax.set_xticks(range(len(cells)), list(cells), rotation=35, ha="right", fontsize=8)
-        ax.set(ylim=(0, 1), title=title)
+        ax.set(title=title, **({"ylim": (0, 1)} if title.startswith("Accuracy") else {}))
     ax.legend(fontsize=8)
     return fig

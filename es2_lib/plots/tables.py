@@ -21,7 +21,8 @@ from .. import runs, stages
 from ..results import AttackEntry, read_attack_results
 
 DSR_COLUMN = 'DSR (paper: keyword "autodan")'
-CAPABILITY_MEASURES = ["MMLU-Pro accuracy", "GPQA accuracy", "XSTest over-refusal", "harmless KL(base ‖ ES2)"]
+CAPABILITY_MEASURES = ["ARC-Challenge accuracy", "MMLU accuracy", "log-probability of the correct option",
+                       "XSTest over-refusal", "harmless KL(base ‖ ES2)"]
 
 
 class Reported(NamedTuple):
@@ -168,14 +169,19 @@ def capability_note(results: Mapping[str, Any] | None) -> str:
     settings = results.get("settings", {})
     questions = ", ".join(f"{bench} {n}" for bench, n in settings.get("questions", {}).items())
     xstest = settings.get("xstest", {})
-    verdicts = "; ".join(f"{bench}: {claim['verdict']}" for bench, claim in results.get("claim", {}).items())
+    verdict = results.get("verdict", {})
+    verdicts = "; ".join(f"{name}: {claim['verdict']}" for name, claim in verdict.get("measures", {}).items())
     return (f"**Table 2.** Capability of the base and the ES2 model. Multiple choice scored zero-shot by the "
             f"log-likelihood of the option letter after {settings.get('answer_prefix', '?')!r} ({questions or '?'} "
-            f"questions); XSTest over-refusal = share of {xstest.get('safe', '?')} safe prompts refused "
+            f"questions; chance is printed with each accuracy); beside accuracy the mean log-probability of the "
+            f"correct option and the Brier score, both over the option letters' renormalised probabilities (they move "
+            f"before accuracy does); XSTest over-refusal = share of {xstest.get('safe', '?')} safe prompts refused "
             f"(keyword judge {settings.get('judge', '?')!r}); harmless KL(base ‖ ES2) in nats per token over the "
             f"responses to {settings.get('harmless_prompts', '?')} held-out harmless prompts. ES2 − base is a paired "
-            f"bootstrap interval. \"Comparable capability\" (ES2 at most {settings.get('margin', '?')} below base): "
-            f"{verdicts or '?'}.")
+            f"bootstrap interval (accuracy: exact McNemar p in results.json). \"Comparable capability\" (ES2 at most "
+            f"{settings.get('margin', '?')} below base on each benchmark and at most "
+            f"{settings.get('over_refusal_margin', '?')} more over-refusal): **{verdict.get('verdict', '?')}** "
+            f"({verdicts or '?'}).")
 
 
 def capability_table(rows: Sequence[Mapping[str, Any]] | None, digits: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
