@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from . import judges, stats
 from .local_tables import DataError, load_table
@@ -37,10 +37,15 @@ def dev_test_split(rows: Sequence[dict], dev_fraction: float, seed: int) -> tupl
     return [rows[i] for i in sorted(order[:cut])], [rows[i] for i in sorted(order[cut:])]
 
 
+def check_verdicts(rows: Sequence[dict], refused: Sequence[bool], confidence: float = 0.95) -> dict:
+    """`stats.agreement` of any judge's verdicts on the rows' completions (e.g. an LLM judge's,
+    `llm_judge.refusals`) with their human labels."""
+    return stats.agreement(refused, [r["refused"] for r in rows], confidence)
+
+
 def check(rows: Sequence[dict], judge: str, within: int | None = None, confidence: float = 0.95) -> dict:
-    """`stats.agreement` of the judge's verdicts on the rows' completions with their human labels."""
-    return stats.agreement(judges.refusals([r["completion"] for r in rows], judge, within),
-                           [r["refused"] for r in rows], confidence)
+    """`check_verdicts` of a keyword judge (its prefix variant with `within`)."""
+    return check_verdicts(rows, judges.refusals([r["completion"] for r in rows], judge, within), confidence)
 
 
 def choose_within(dev: Sequence[dict], judge: str, grid: Sequence[int]) -> int:
@@ -49,14 +54,18 @@ def choose_within(dev: Sequence[dict], judge: str, grid: Sequence[int]) -> int:
 
 
 def judge_table(rows: Sequence[dict], grid: Sequence[int], dev_fraction: float = 0.5, seed: int = 0,
-                confidence: float = 0.95) -> list[dict]:
-    """Per judge of `judges.JUDGES`, as published and as its prefix variant (N chosen on the dev part): its
-    agreement with people on the test part; the row with the highest test accuracy is marked `best`."""
+                confidence: float = 0.95, others: Mapping[str, Callable[[list[dict]], list[bool]]] | None = None
+                ) -> list[dict]:
+    """Per judge of `judges.JUDGES`, as published and as its prefix variant (N chosen on the dev part), and per
+    judge of `others` ({name: the verdicts of that judge on labelled rows}, e.g. an LLM judge's): its agreement with
+    people on the test part; the row with the highest test accuracy is marked `best`."""
     dev, test = dev_test_split(rows, dev_fraction, seed)
     table = []
     for judge in judges.JUDGES:
         n = choose_within(dev, judge, grid)
         table += [{"judge": judge, "within": None, **check(test, judge, None, confidence)},
                   {"judge": judge, "within": n, **check(test, judge, n, confidence)}]
+    table += [{"judge": name, "within": None, **check_verdicts(test, verdicts(test), confidence)}
+              for name, verdicts in (others or {}).items()]
     best = max(range(len(table)), key=lambda i: table[i]["accuracy"]["value"])
     return [row | {"best": i == best, "n_dev": len(dev)} for i, row in enumerate(table)]

@@ -34,28 +34,34 @@ def question_text(q: Question) -> str:
     return PROMPT.format(subject=q.category.lower(), question=q.question, options=options)
 
 
-def letter_token_ids(
-    tokenizer: PreTrainedTokenizerBase, context: str, n_letters: int = len(LETTERS)
-) -> list[list[int]]:
-    """For each option letter, the tokens that spell it right after `context`: the bare letter and the letter
-    after a space (tokenizers differ in which one a model emits after a given context). A variant counts
-    only when it adds exactly one token and leaves the context's tokens unchanged."""
+def answer_token_ids(tokenizer: PreTrainedTokenizerBase, context: str, answers: Sequence[str]) -> list[list[int]]:
+    """For each answer word (an option letter, "Yes", ...), the tokens that spell it right after `context`: the
+    bare word and the word after a space (tokenizers differ in which one a model emits after a given context). A
+    variant counts only when it adds exactly one token and leaves the context's tokens unchanged."""
     base = tokenizer(context, add_special_tokens=False)["input_ids"]
     ids = []
-    for letter in LETTERS[:n_letters]:
+    for answer in answers:
         variants: list[int] = []
-        for text in (letter, " " + letter):
+        for text in (answer, " " + answer):
             full = tokenizer(context + text, add_special_tokens=False)["input_ids"]
             if len(full) == len(base) + 1 and full[: len(base)] == base and full[-1] not in variants:
                 variants.append(full[-1])
         if not variants:
-            raise ValueError(f"the tokenizer merges option letter {letter!r} with the end of the prompt "
-                             f"{context[-30:]!r}; choose an answer prefix that ends on a token boundary")
+            raise ValueError(f"answer {answer!r} is not one token after the prompt {context[-30:]!r} (the tokenizer "
+                             "merges it with the prompt's end or splits it); choose a prompt that ends on a token "
+                             "boundary and one-token answers")
         ids.append(variants)
     flat = [i for variants in ids for i in variants]
     if len(set(flat)) != len(flat):
-        raise ValueError(f"two option letters share a token after {context[-30:]!r}: {ids}")
+        raise ValueError(f"two answers share a token after {context[-30:]!r}: {ids}")
     return ids
+
+
+def letter_token_ids(
+    tokenizer: PreTrainedTokenizerBase, context: str, n_letters: int = len(LETTERS)
+) -> list[list[int]]:
+    """`answer_token_ids` of the first `n_letters` option letters."""
+    return answer_token_ids(tokenizer, context, LETTERS[:n_letters])
 
 
 @torch.inference_mode()

@@ -84,6 +84,12 @@ class Params(BaseModel):
         description="judge check: the character budgets N tried for each judge's prefix variant (chosen on a dev part)")
     judge_dev_fraction: float = Field(
         0.5, gt=0, lt=1, description="judge check: share of the human-labelled completions that choose N")
+    llm_judge_model: str | None = Field(
+        None, description="an LLM judge checked beside the keyword judges in Table 4: a model spec (e.g. the hub id "
+        "of a safety classifier, on `device` in `dtype`); None: keyword judges only")
+    llm_judge_template: str | None = Field(
+        None, description="the LLM judge's question: a JSON file {text, yes, no, yes_means_refused, chat} "
+        "(es2_lib/llm_judge.py); None: our yes/no refusal question")
     # --- probing and ES2 (issue 3) ---------------------------------------------------------------------------
     probe_threshold: float = Field(
         0.9, ge=0.5, le=1, description="held-out probe accuracy from which a layer separates the classes (SCAV's P1)")

@@ -46,3 +46,12 @@ def test_an_unknown_label_names_the_file_and_row(tmp_path):
     bad.write_text("id,type,prompt,completion,final_label\nv1,t,p,c,maybe\n")
     with pytest.raises(DataError, match=r"labels.csv: row 1: final_label 'maybe'"):
         judge_check.load_labelled(bad)
+
+
+def test_another_judge_gets_its_row_and_a_perfect_one_is_best(labelled):
+    others = {"people": lambda rows: [r["refused"] for r in rows],
+              "contrarian": lambda rows: [not r["refused"] for r in rows]}
+    rows = judge_check.judge_table(labelled, [20, 100], dev_fraction=0.5, seed=0, others=others)
+    by = {r["judge"]: r for r in rows if r["judge"] in others}
+    assert by["people"]["best"] and by["people"]["accuracy"]["value"] == 1.0 and by["people"]["within"] is None
+    assert by["contrarian"]["accuracy"]["value"] == 0.0 and by["people"]["n"] == rows[0]["n"]
