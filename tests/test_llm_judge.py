@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from es2_lib import llm_judge, models
+from es2_lib import llm_judge
 from es2_lib.local_tables import DataError
 from es2_lib.multiple_choice import answer_token_ids
 
