@@ -32,7 +32,7 @@ class _Bundled:
     file: str  # path below DATA_DIR
     columns: dict[str, str]  # column in the file -> key in the returned rows ("prompt" required)
     keep: tuple[str, str] | None = None  # (column, value): keep only the rows with this value
-    builder: str = ""  # datasets builder; "" = chosen by the file's suffix
+    builder: str = ""  # datasets builder; "" = chosen by the file's suffix; "instructions": a JSON object's list
 
 
 BUNDLED = {
@@ -41,6 +41,10 @@ BUNDLED = {
     "malicious_instruct": _Bundled("malicious_instruct/malicious_instruct.txt", {"text": "prompt"}, builder="text"),
     "xstest_safe": _Bundled("xstest/xstest_prompts.csv", {"prompt": "prompt", "type": "type"}, ("label", "safe")),
     "xstest_unsafe": _Bundled("xstest/xstest_prompts.csv", {"prompt": "prompt", "type": "type"}, ("label", "unsafe")),
+    # Safety-Tuned LLaMAs' evaluation sets (Bianchi et al. 2024): {"instructions": [...], "inputs": [...]}
+    "i_malicious_instructions": _Bundled("safety_tuned_llamas/I-MaliciousInstructions.json", {"prompt": "prompt"},
+                                         builder="instructions"),
+    "q_harm": _Bundled("safety_tuned_llamas/Q-Harm.json", {"prompt": "prompt"}, builder="instructions"),
 }
 
 
@@ -55,7 +59,8 @@ def load_prompts(source: str) -> list[dict]:
         spec = BUNDLED[source]
         path = DATA_DIR / spec.file
         builder = spec.builder or USER_SUFFIXES[path.suffix]
-        table = load_table(path, builder, spec.columns, extra=spec.keep[:1] if spec.keep else ())
+        table = _instructions(path) if builder == "instructions" else load_table(
+            path, builder, spec.columns, extra=spec.keep[:1] if spec.keep else ())
         if spec.keep:
             column, value = spec.keep
             table = [row for row in table if row[column] == value]
@@ -63,6 +68,19 @@ def load_prompts(source: str) -> list[dict]:
     path = _user_path(source)
     columns = {"prompt": "prompt", "target": "target"}
     return checked_rows(load_table(path, USER_SUFFIXES[path.suffix.lower()], columns), columns, path)
+
+
+def set_name(source: str) -> str:
+    """A prompt set's name in tables: its bundled name, or a user file's stem."""
+    return source if source in BUNDLED else Path(source).stem
+
+
+def _instructions(path: Path) -> list[dict]:
+    """Rows {"prompt"} of a Safety-Tuned LLaMAs evaluation file: the strings of its "instructions" list."""
+    records = json.loads(path.read_text(encoding="utf-8"))
+    if not (isinstance(records, dict) and isinstance(records.get("instructions"), list)):
+        raise DataError(f"{path}: expected a JSON object with an 'instructions' list")
+    return [{"prompt": text} for text in records["instructions"]]
 
 
 def prompt_file(source: str) -> Path | None:

@@ -62,6 +62,10 @@ class Params(BaseModel):
     harmful_prompts: str = Field(
         "advbench", description="a bundled set name or a CSV/JSONL file with a `prompt` column")
     harmless_prompts: str = Field("alpaca", description="a bundled set name or a CSV/JSONL file with a `prompt` column")
+    ood_harmful_sets: list[str] = Field(
+        ["malicious_instruct"], description="out-of-distribution harmful sets on which 02 measures every arm's "
+        "no-attack DSR beside the eval split: bundled names (malicious_instruct, i_malicious_instructions, q_harm) or "
+        "CSV/JSONL files with a `prompt` column; prompts near a split prompt are dropped")
     n_probe_train: int = Field(64, ge=1, description="prompts per class in the probe-train split")
     n_es2_train: int = Field(64, ge=1, description="prompts per class in the ES2-train split")
     n_dev: int = Field(

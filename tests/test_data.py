@@ -10,7 +10,8 @@ from es2_lib import data, judges, runs
 
 
 @pytest.mark.parametrize("name, count", [("advbench", 520), ("alpaca", 31323), ("malicious_instruct", 100),
-                                         ("xstest_safe", 250), ("xstest_unsafe", 200)])
+                                         ("xstest_safe", 250), ("xstest_unsafe", 200),
+                                         ("i_malicious_instructions", 100), ("q_harm", 100)])
 def test_bundled_sets_load_with_their_counts(name, count):
     rows = data.load_prompts(name)
     assert len(rows) == count
