@@ -72,7 +72,7 @@ class Params(BaseModel):
         24, ge=1, description="prompts per class in the dev split: tuned choices are made on it (the KL guard's "
         "held-out prompts), so eval is read only for reporting")
     n_eval: int = Field(
-        100, ge=1, description="prompts per class in the eval split (no-attack DSR and the harmless drift read all; "
+        24, ge=1, description="prompts per class in the eval split (no-attack DSR and the harmless drift read all; "
         "the attacks their first n_attack / n_prompt_attack)")
     near_duplicate_jaccard: float = Field(
         0.5, gt=0, le=1, description="two prompts whose content words (lower-cased, English stop words removed) have "
