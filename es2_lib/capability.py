@@ -17,7 +17,7 @@ from . import judges
 from .drift import drift_summary
 from .stats import mcnemar_exact, mean_ci, paired_difference, rate_ci
 
-CONTINUOUS = {"logprob_correct": 1, "brier": -1}  # per-question measure -> its sign when higher is better
+CONTINUOUS = ("logprob_correct", "brier")  # per-question measures beside accuracy (log-prob: higher is better)
 
 
 def accuracy(rows: Sequence[dict], key: str = "correct", samples: int = 1000, confidence: float = 0.95,
