@@ -109,7 +109,8 @@ def greedy(
     EOS, after `max_new_tokens`, or as soon as `stop(decoded response so far)` is true (its text is then that).
     `row_edits[l]` edits the residual stream at layer l in every forward, knowing which prompt each row is, so a
     prompt keeps its own edit while rows come and go."""
-    return greedy_scored(model, tokenizer, prompts, max_new_tokens, batch_size, stop, chat, progress, row_edits)[0]
+    return greedy_tokens(model, tokenizer, _prompt_ids(tokenizer, prompts, chat), max_new_tokens, batch_size, stop,
+                         progress, row_edits)
 
 
 def greedy_scored(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
@@ -119,11 +120,15 @@ def greedy_scored(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
     """`greedy`, and each response's perplexity under the model that wrote it, from the decoding pass's own
     log-probabilities of its tokens (special tokens such as EOS left out; NaN for a response without tokens): no
     second forward. Under `row_edits` it is the edited model's perplexity."""
-    texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
-    ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"] if texts else []
-    rows = [list(row) for row in ids]
+    rows = _prompt_ids(tokenizer, prompts, chat)
     with edited_rows(model, row_edits) as in_batch:
         return _greedy(model, tokenizer, rows, max_new_tokens, batch_size, stop, progress, in_batch, score=True)
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str], chat: bool) -> list[list[int]]:
+    """The token ids of each prompt, in the chat template when `chat`."""
+    texts = [chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
+    return [list(row) for row in tokenizer(texts, add_special_tokens=not chat)["input_ids"]] if texts else []
 
 
 def greedy_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
