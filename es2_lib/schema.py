@@ -72,8 +72,12 @@ class Params(BaseModel):
         24, ge=1, description="prompts per class in the dev split: tuned choices are made on it (the KL guard's "
         "held-out prompts), so eval is read only for reporting")
     n_eval: int = Field(
-        24, ge=1, description="prompts per class in the eval split (no-attack DSR and the harmless drift read all; "
-        "the attacks their first n_attack / n_prompt_attack)")
+        100, ge=1, description="prompts per class in the eval split (no-attack DSR, separation and harmless KL read "
+        "all; the attacks their first n_attack / n_prompt_attack, the harmless responses the first "
+        "n_harmless_responses)")
+    n_harmless_responses: int = Field(
+        24, ge=0, description="harmless eval prompts (the first, all if n_eval is smaller) whose greedy responses 02 "
+        "and 05 generate and read whole (coherence, over-refusal of harmless prompts, drift); 0 = all n_eval")
     near_duplicate_jaccard: float = Field(
         0.5, gt=0, le=1, description="two prompts whose content words (lower-cased, English stop words removed) have "
         "Jaccard similarity >= this are near-duplicates: the splits draw no two of a class, and out-of-distribution "

@@ -50,21 +50,23 @@ def next_token_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pr
 
 
 def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: dict[str, list[str]], batch_size: int,
-            max_new_tokens: int, reference: list[str] | None = None) -> dict:
+            max_new_tokens: int, n_harmless_responses: int = 0, reference: list[str] | None = None) -> dict:
     """What 02 compares between base and ES2 on the held-out prompts `prompts["harmful"|"harmless"]`: last-token
-    states at every layer 0..L, greedy responses, next-token log-probs after the harmless prompts, and the
+    states at every layer 0..L, greedy responses (harmless ones only to the first `n_harmless_responses`, 0 = all:
+    they are read whole, so they cost the most), next-token log-probs after the harmless prompts, and the
     perplexity under `model` of the harmless `reference` responses (default: its own)."""
     layers = list(range(models.num_layers(model) + 1))
     classes = ("harmful", "harmless")
     states = {c: representations.last_token_states(model, tokenizer, prompts[c], layers, batch_size) for c in classes}
-    responses = {c: generation.generate(model, tokenizer, prompts[c], max_new_tokens, batch_size, progress=True,
+    harmless = prompts["harmless"]
+    answered = {"harmful": prompts["harmful"], "harmless": harmless[:n_harmless_responses or len(harmless)]}
+    responses = {c: generation.generate(model, tokenizer, answered[c], max_new_tokens, batch_size, progress=True,
                                         until_verdict=c == "harmful")  # harmless ones are read whole (reference)
                  for c in classes}
-    harmless = prompts["harmless"]
     return {"states": states, "responses": responses,
             "harmless_logp": next_token_logprobs(model, tokenizer, harmless, batch_size),
-            "harmless_ppl": evaluate.response_perplexity(model, tokenizer, harmless, reference or responses["harmless"],
-                                                         batch_size)}
+            "harmless_ppl": evaluate.response_perplexity(model, tokenizer, answered["harmless"],
+                                                         reference or responses["harmless"], batch_size)}
 
 
 def compare(base: dict, tuned: dict, layers: list[int], probe_folds: int, probe_C: float, seed: int,
@@ -111,12 +113,12 @@ def response_records(prompts: Mapping[str, list[str]], measured: Mapping[str, di
 
 def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, heldout: dict[str, list[str]],
                    other_sets: Mapping[str, list[str]], batch_size: int, max_new_tokens: int, incoherent_ppl: float,
-                   is_base: bool, reference: list[str] | None = None) -> dict:
+                   is_base: bool, n_harmless_responses: int = 0, reference: list[str] | None = None) -> dict:
     """Everything 02 reports of one model (base or an arm): `measure` on the held-out eval prompts; the judged
     responses (`evaluate.judge`) to the harmful eval prompts (set "harmful_eval") and to every other set
     (`other_sets[name]`: out-of-distribution harmful sets for DSR, "xstest_..." sets for over-refusal; stopped at
     the verdict, `evaluate.generate_and_judge`); and the base network's perplexity of the model's own harmless eval responses (their coherence)."""
-    measured = measure(model, tokenizer, heldout, batch_size, max_new_tokens, reference)
+    measured = measure(model, tokenizer, heldout, batch_size, max_new_tokens, n_harmless_responses, reference)
     responses = {"harmful_eval": measured["responses"]["harmful"]}
     judged = {"harmful_eval": evaluate.judge(model, tokenizer, heldout["harmful"], responses["harmful_eval"],
                                              batch_size, incoherent_ppl, is_base)}
@@ -124,7 +126,8 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, heldout
         responses[name], judged[name] = evaluate.generate_and_judge(model, tokenizer, prompts, max_new_tokens,
                                                                     batch_size, incoherent_ppl, is_base, progress=True)
     score = evaluate.response_perplexity if is_base else evaluate.base_perplexity
-    own = score(model, tokenizer, heldout["harmless"], measured["responses"]["harmless"], batch_size)
+    answered = measured["responses"]["harmless"]
+    own = score(model, tokenizer, heldout["harmless"][:len(answered)], answered, batch_size)
     return {"measured": measured, "responses": responses, "judged": judged, "harmless_base_ppl": own}
 
 

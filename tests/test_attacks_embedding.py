@@ -227,13 +227,13 @@ def test_attack_model_runs_every_attack_and_its_results_round_trip(tiny, tmp_pat
 @pytest.mark.slow
 def test_scav_makes_the_embedded_model_comply(embedded):
     """Real behaviour: the embedded model refuses AdvBench eval prompts (the first two of the default eval split it
-    refuses); SCAV with probes fitted on its own states of the default probe-train split (64 + 64 prompts, as stage
-    03 does) removes the refusals."""
+    refuses); SCAV with probes fitted on its own states of a probe-train split of the default size (64 + 64
+    prompts, as stage 03 does; the splits of n_eval 24, so the prompts stay fixed) removes the refusals."""
     from es2_lib import data, judges, params, representations
     from es2_lib.generation import generate
 
     model, tokenizer = embedded
-    p = params.Params()
+    p = params.from_mapping({"n_eval": 24})
     splits, _ = data.make_splits(p.harmful_prompts, p.harmless_prompts, p.n_probe_train, p.n_es2_train, p.n_dev,
                                  p.n_eval, p.seed, p.near_duplicate_jaccard)
     candidates = [r["prompt"] for r in splits["harmful"]["eval"][:8]]
