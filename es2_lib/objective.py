@@ -68,13 +68,16 @@ def es2_loss(
 
 
 def rr_loss(harmful_states: torch.Tensor, base_harmful_states: torch.Tensor, harmless_states: torch.Tensor,
-            base_harmless_states: torch.Tensor, scale: torch.Tensor, retain_weight: float, reroute_weight: float = 1.0
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Representation rerouting (Circuit Breakers): c_s · Σ_layers mean ReLU(cos(h, h_base)) over the harmful states
-    [b, layers, hidden] + c_r · Σ_layers mean ‖s − s_base‖ / scale over the harmless ones (c_s = `reroute_weight`,
-    c_r = `retain_weight`; `rr_schedule` gives the paper's); the rerouting term is 0 once every tuned harmful state
-    is orthogonal (or opposite) to its base state."""
-    cos = F.cosine_similarity(harmful_states.float(), base_harmful_states.float(), dim=-1)  # [b, layers]
+            base_harmless_states: torch.Tensor, scale: torch.Tensor, retain_weight: float, reroute_weight: float = 1.0,
+            centre: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Representation rerouting (Circuit Breakers): c_s · Σ_layers mean ReLU(cos(h − c, h_base − c)) over the harmful
+    states [b, layers, hidden] + c_r · Σ_layers mean ‖s − s_base‖ / scale over the harmless ones (c_s =
+    `reroute_weight`, c_r = `retain_weight`; `rr_schedule` gives the paper's); the rerouting term is 0 once every
+    tuned harmful state is orthogonal (or opposite) to its base state. `centre` [layers, hidden] (default 0, the
+    paper's) is subtracted first: the base states' mean removes the direction every last-token state shares, so the
+    cosine sees only what sets a prompt apart."""
+    c = 0.0 if centre is None else centre.float()
+    cos = F.cosine_similarity(harmful_states.float() - c, base_harmful_states.float() - c, dim=-1)  # [b, layers]
     reroute = F.relu(cos).mean(0).sum()
     retain = ((harmless_states.float() - base_harmless_states.float()).norm(dim=-1) / scale).mean(0).sum()
     return reroute_weight * reroute + retain_weight * retain, {"reroute": reroute, "retain": retain}

@@ -157,6 +157,9 @@ class Params(BaseModel):
     rr_init_std: float = Field(
         0.01, ge=0, description="rr arm: std of LoRA B's initial draw (full: noise per weight std), as ReLU(cos) is "
         "stationary at the base model")
+    rr_centred: bool = Field(
+        False, description="rr arm: reroute the harmful states' cosine after subtracting the base states' mean over "
+        "the training prompts (the direction every last-token state shares); false: the paper's raw cosine")
     es2_train_layers: Literal["all", "up_to_deepest"] = Field(
         "all", description="which decoder blocks train: all, or only those up to the deepest ES2 layer")
     es2_adapter: Literal["lora", "full"] = Field("lora", description="LoRA through peft, or full fine-tuning")

@@ -95,6 +95,7 @@ class TrainConfig:
     es2_refusal_tokens: int
     rr_retain_weight: float
     rr_init_std: float
+    rr_centred: bool
     es2_train_layers: str  # "all" | "up_to_deepest"
     es2_adapter: str  # "lora" | "full"
     lora_r: int
@@ -143,6 +144,7 @@ class ES2Trainer:
         n_h, n_s = len(harmful), len(harmless)
         self.scale = probes.mean_norm(states[:n_h + n_s]).to(self.device)  # [layers]
         self.base_states = states[:n_h + n_s]  # [n_h + n_s, layers, hidden] (RR's reference)
+        self.centre = self.base_states.mean(0).to(self.device) if c.rr_centred else None  # [layers, hidden]
         self.base_logp = logp[:n_h + n_s]  # [n_h + n_s, vocab]
         self.base_heldout_logp = logp[n_h + n_s:]
         self.pairs = (data.load_refusals(c.es2_refusal_data) if c.es2_retain == "refusal_ce" else
@@ -185,7 +187,8 @@ class ES2Trainer:
         if c.objective == "rr":
             reroute_weight, retain_weight = rr_schedule(self.step, c.es2_steps, c.rr_retain_weight)
             loss, parts = rr_loss(states[:b], self.base_states[h_idx].to(self.device), states[b:],
-                                  self.base_states[base_s].to(self.device), self.scale, retain_weight, reroute_weight)
+                                  self.base_states[base_s].to(self.device), self.scale, retain_weight, reroute_weight,
+                                  self.centre)
             return loss, {**parts, "kl": kl}
         pairs = [self.pairs[i] for i in self._indices(len(self.pairs), self.step, 2)] if self.pairs else []
         if c.objective == "stl":

@@ -82,6 +82,21 @@ def test_rr_loss_is_zero_for_states_orthogonal_to_the_base_ones_and_counts_the_h
     assert opposite["retain"].item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_centred_rr_sees_past_the_direction_all_states_share():
+    """States = a large shared offset + a small own part: the raw cosine is near 1 whatever the own part does, so
+    rerouting the own part scores as no rerouting; centred on the offset, the same move zeroes the term."""
+    g = torch.Generator().manual_seed(1)
+    offset = 50 * torch.randn(1, 1, 8, generator=g)
+    own = torch.randn(4, 1, 8, generator=g)
+    scale = torch.tensor([1.0])
+    base, tuned = offset + own, offset - own  # each prompt's own part reversed
+    _, raw = objective.rr_loss(tuned, base, base, base, scale, 0.0)
+    _, centred = objective.rr_loss(tuned, base, base, base, scale, 0.0, centre=offset[0])
+    assert raw["reroute"].item() > 0.9 and centred["reroute"].item() == 0.0
+    _, untouched = objective.rr_loss(base, base, base, base, scale, 0.0, centre=offset[0])
+    assert untouched["reroute"].item() == pytest.approx(1.0)
+
+
 def test_rr_schedule_moves_weight_from_rerouting_to_retain():
     assert objective.rr_schedule(0, 30, 4.0) == (1.0, 0.0)  # no retain pull at the start
     assert objective.rr_schedule(15, 30, 4.0) == pytest.approx((0.75, 1.0))

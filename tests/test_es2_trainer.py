@@ -195,6 +195,17 @@ def test_rr_reroutes_harmful_states_away_from_the_base_ones(tiny):
     assert unperturbed["retain"] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_centred_rr_takes_the_cosine_about_the_base_states_mean(tiny):
+    """rr_centred: the trainer's centre is the base states' mean over its training prompts, and the logged
+    rerouting term is the centred cosine (at the base it is 1 either way; after steps the two differ)."""
+    model, tokenizer = tiny
+    rr = _trainer(model, tokenizer, _config("rr", es2_steps=5, rr_centred=True))
+    assert rr.centre is not None and torch.allclose(rr.centre, rr.base_states.mean(0))
+    rows = [rr.train_step() for _ in range(5)]
+    assert rows[-1]["reroute"] < rows[0]["reroute"]
+    assert _trainer(models.load_model("tiny", "float32", "cpu", 0)[0], tokenizer, _config("rr")).centre is None
+
+
 def _rr_gradient_norm(model, tokenizer, init_std: float) -> float:
     rr = _trainer(model, tokenizer, _config("rr", rr_init_std=init_std))
     h_idx, s_idx = [0, 1, 2, 3], [0, 1, 2, 3]
