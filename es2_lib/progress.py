@@ -12,8 +12,8 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> tqdm:
-    """Wrap `iterable` in a text progress bar written to stderr."""
+def progress(iterable: Iterable[T] | None, desc: str, total: int | None = None) -> tqdm:
+    """Wrap `iterable` in a text progress bar written to stderr (None: a bar of `total` steps to update by hand)."""
     interval = float(os.environ.get("ES2_PROGRESS_INTERVAL", "1"))
     return tqdm(iterable, desc=desc, total=total, mininterval=interval, maxinterval=max(interval, 10.0),
                 ascii=True, dynamic_ncols=False, ncols=100, file=sys.stderr)

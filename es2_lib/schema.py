@@ -214,6 +214,20 @@ class Params(BaseModel):
     scav_p0: float = Field(
         0.001, gt=0, lt=1, description="SCAV: move a state where P(harmful) > P0 until P(harmful) = P0")
     scav_p1: float = Field(0.9, gt=0, lt=1, description="SCAV: only at layers whose held-out probe accuracy > P1")
+    # --- breaking budgets (issue 23): each prompt's smallest budget that breaks it, by batched bisection --------
+    breaking_n: int = Field(
+        50, ge=1, description="harmful prompts whose breaking budgets stage 09 finds: the first of the eval split "
+        "(all of it if n_eval is smaller)")
+    breaking_tokens: int = Field(
+        24, ge=1, description="response length of the bisection's judged passes (the found budget is then "
+        "confirmed with max_new_tokens)")
+    breaking_repe_coeffs: list[float] = Field(
+        [-0.003, -0.005, -0.008, -0.012, -0.02, -0.03, -0.05, -0.08, -0.12, -0.2, -0.3, -0.5], min_length=2,
+        description="RepE grid, weakest first: negative coefficients (x base mean state norm) of growing magnitude, "
+        "steered at the band repe_depth and at the ES2 layers")
+    breaking_scav_p0: list[float] = Field(
+        [0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-8, 1e-10], min_length=2,
+        description="SCAV grid, weakest first: decreasing target P(harmful) in (0, 1)")
     # --- prompt attacks (issue 5): GCG and AutoDAN-HGA; the CPU budget is tiny, the paper's is in gpu.yaml ------
     n_prompt_attack: int = Field(
         8, ge=1, description="harmful prompts attacked by GCG and AutoDAN: the first of the eval split")
@@ -312,6 +326,20 @@ class Params(BaseModel):
         if band[0] > band[1]:
             raise ValueError("expects [from, to] with 0 <= from <= to <= 1")
         return band
+
+    @field_validator("breaking_repe_coeffs")
+    @classmethod
+    def _growing_steering(cls, grid: list[float]) -> list[float]:
+        if not all(c < 0 for c in grid) or any(b >= a for a, b in zip(grid, grid[1:])):
+            raise ValueError("expects negative coefficients of strictly growing magnitude (weakest first)")
+        return grid
+
+    @field_validator("breaking_scav_p0")
+    @classmethod
+    def _falling_targets(cls, grid: list[float]) -> list[float]:
+        if not all(0 < p < 1 for p in grid) or any(b >= a for a, b in zip(grid, grid[1:])):
+            raise ValueError("expects target probabilities in (0, 1), strictly decreasing (weakest first)")
+        return grid
 
     @model_validator(mode="after")
     def _es2_layers(self, info: ValidationInfo) -> Params:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import beta, binomtest
+from scipy.stats import beta, binomtest, wilcoxon
 
 
 def _quantiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -85,6 +85,15 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
     b_only, a_only = int((y & ~x).sum()), int((x & ~y).sum())
     p = binomtest(b_only, b_only + a_only, 0.5).pvalue if b_only + a_only else 1.0
     return {"b_only": b_only, "a_only": a_only, "p": float(p), "n": int(x.size)}
+
+
+def signed_rank(differences: Sequence[float]) -> dict:
+    """Wilcoxon signed-rank test (two-sided) of paired differences against 0, zero differences dropped (Wilcoxon's
+    rule): {"higher": positive differences, "lower": negative ones, "p": p-value, 1 when every pair ties}."""
+    d = np.asarray(differences, dtype=float)
+    d = d[d != 0]
+    p = float(wilcoxon(d).pvalue) if d.size else 1.0
+    return {"higher": int((d > 0).sum()), "lower": int((d < 0).sum()), "p": p}
 
 
 def holm(pvalues: Sequence[float], alpha: float = 0.05) -> list[dict]:

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from ..decoding import RowEdit
 from ..generation import generate
 from ..hooks import edit_residual
+from .breaking import at_breaking_point
 from .common import Outcome
 
 
@@ -83,15 +84,27 @@ def row_steering(layers: list[int], direction: torch.Tensor, unit: torch.Tensor,
 def attack(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], layers: list[int],
     fitted: dict[str, torch.Tensor], unit: torch.Tensor, coeff: float, coeffs: tuple[float, ...], max_new_tokens: int,
-    batch_size: int,
+    batch_size: int, progress: bool = True,
 ) -> Outcome:
     """Greedy responses under steering with one coefficient. Perturbation: `l2` = the norm added at each steered
     layer and position (mean over the band), `relative` = that over this model's own mean state norm there;
     `coeffs` (the whole sweep) is recorded in the budget."""
     with steer(model, layers, fitted["direction"], unit, coeff):
-        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True,
+        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress,
                              until_verdict=True)
     added = abs(coeff) * unit.float()  # [layers]
     return Outcome("repe", f"coeff={coeff:g}", responses,
                    {"l2": float(added.mean()), "relative": float((added / fitted["norm"]).mean()), "coeff": coeff},
                    {"coeffs": list(coeffs), "layers": layers})
+
+
+def breaking(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], layers: list[int],
+             fitted: dict[str, torch.Tensor], unit: torch.Tensor, coeffs: list[float], bisect_tokens: int,
+             max_new_tokens: int, batch_size: int, desc: str | None = None) -> dict:
+    """Each prompt's breaking coefficient on the grid `coeffs` (weakest first; `breaking.at_breaking_point`): the
+    bisection steers every row with its own coefficient in one pass, the confirmation is `attack` at the found one."""
+    grid = torch.tensor(coeffs, dtype=torch.float32)
+    return at_breaking_point(
+        model, tokenizer, prompts, coeffs, lambda at: row_steering(layers, fitted["direction"], unit, grid[at]),
+        lambda coeff, chosen: attack(model, tokenizer, chosen, layers, fitted, unit, coeff, tuple(coeffs),
+                                     max_new_tokens, batch_size, progress=False), bisect_tokens, batch_size, desc)

@@ -25,6 +25,7 @@ from .. import probes as linear_probes
 from ..decoding import RowEdit
 from ..generation import generate
 from ..hooks import edit_residual
+from .breaking import at_breaking_point
 from .common import Outcome
 
 
@@ -114,10 +115,22 @@ def row_targets(probes: dict[str, torch.Tensor], p0: torch.Tensor, p1: float) ->
 
 
 def attack(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], probes: dict[str, torch.Tensor],
-           p0: float, p1: float, max_new_tokens: int, batch_size: int) -> Outcome:
+           p0: float, p1: float, max_new_tokens: int, batch_size: int, progress: bool = True) -> Outcome:
     """Greedy responses under SCAV; perturbation = Moves.summary (l2 = mean ‖ε‖ at the prompt's last token)."""
     with perturb(model, probes, p0, p1) as moves:
-        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True,
+        responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress,
                              until_verdict=True)
     layers = probes["layers"][probes["accuracy"] > p1].tolist()
     return Outcome("scav", "", responses, moves.summary(), {"p0": p0, "p1": p1, "layers": layers})
+
+
+def breaking(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], probes: dict[str, torch.Tensor],
+             targets: list[float], p1: float, bisect_tokens: int, max_new_tokens: int, batch_size: int,
+             desc: str | None = None) -> dict:
+    """Each prompt's breaking target P0 on the grid `targets` (weakest first, i.e. decreasing;
+    `breaking.at_breaking_point`): every row moved to its own P0 in one pass, confirmed by `attack` at the found one."""
+    grid = torch.tensor(targets, dtype=torch.float64)
+    return at_breaking_point(
+        model, tokenizer, prompts, targets, lambda at: row_targets(probes, grid[at], p1),
+        lambda p0, chosen: attack(model, tokenizer, chosen, probes, p0, p1, max_new_tokens, batch_size, progress=False),
+        bisect_tokens, batch_size, desc)

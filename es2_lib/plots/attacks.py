@@ -77,3 +77,36 @@ def loss_curves(outcomes: Mapping[str, Sequence[Outcome]], attacks: Sequence[str
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def breaking_curves(curves: Mapping[str, Mapping[str, Sequence[Mapping]]], xlabels: Mapping[str, str]) -> Figure:
+    """One panel per attack (`curves[attack][model]`: `breaking.curve` rows, budget weakest first): the share of
+    prompts still refusing against the budget (log axis) with its exact interval as a band, a line per model."""
+    fig = Figure(figsize=(3.6 * len(curves) + 1.6, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(curves), sharey=True, squeeze=False)[0]
+    for ax, (attack, by_model) in zip(axes, curves.items()):
+        for model, rows in by_model.items():
+            x = [r["budget"] for r in rows]
+            ax.plot(x, [r["value"] for r in rows], marker="o", ms=3, color=MODEL_COLORS.get(model),
+                    label=MODEL_LABELS.get(model, model))
+            ax.fill_between(x, [r["low"] for r in rows], [r["high"] for r in rows], color=MODEL_COLORS.get(model),
+                            alpha=0.15, lw=0)
+        ax.set(xscale="log", xlabel=xlabels.get(attack, "budget"), ylim=(-0.03, 1.03))
+        ax.set_title(attack, fontsize=9)
+    axes[0].set_ylabel("DSR: share still refusing")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("Per-prompt breaking budgets: DSR against the attack's budget", fontsize=10)
+    return fig
+
+
+def breaking_table(paired: Sequence[Mapping], digits: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stage 09's arm-against-base rows (`breaking.paired` rows with attack, arm, holm_p, holds): numbers for CSV and
+    formatted cells for Markdown."""
+    numbers = pd.DataFrame(paired)
+    shown = pd.DataFrame([{
+        "attack": r["attack"], "arm": r["arm"], "n": r["n"], "broke (base / arm)": f"{r['broken_base']} / {r['broken_arm']}",
+        "median budget (base / arm)": f"{fmt_number(r['median_base'], digits)} / {fmt_number(r['median_arm'], digits)}",
+        "median ratio arm / base": fmt_number(r["median_ratio"], 2),
+        "arm needs more / less": f"{r['higher']} / {r['lower']}", "Wilcoxon p": fmt_number(r["p"], 3),
+        "Holm": fmt_number(r["holm_p"], 3) + (" ✓" if r["holds"] else "")} for r in paired])
+    return numbers, shown
