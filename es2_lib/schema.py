@@ -219,7 +219,7 @@ class Params(BaseModel):
         50, ge=1, description="harmful prompts whose breaking budgets stage 09 finds: the first of the eval split "
         "(all of it if n_eval is smaller)")
     breaking_tokens: int = Field(
-        24, ge=1, description="response length of the bisection's judged passes (the found budget is then "
+        16, ge=1, description="response length of the bisection's judged passes (the found budget is then "
         "confirmed with max_new_tokens)")
     breaking_repe_coeffs: list[float] = Field(
         [-0.003, -0.005, -0.008, -0.012, -0.02, -0.03, -0.05, -0.08, -0.12, -0.2, -0.3, -0.5], min_length=2,
