@@ -72,7 +72,7 @@ class AttackEntry:
     `all_incoherent` and `sweep` are set on the reported entry of a swept attack."""
 
     model: str  # "base", "es2", ...
-    attack: str  # "none", "repe", "scav", "soft_prompt", "gcg", "autodan"
+    attack: str  # "none", "repe", "scav", "soft_prompt", "gcg", "autodan", "ablation"
     setting: str  # e.g. "coeff=-0.1"; "" when the attack has one setting
     summary: Summary
     perturbation: dict[str, Any]

@@ -225,6 +225,9 @@ class Params(BaseModel):
         [-0.003, -0.005, -0.008, -0.012, -0.02, -0.03, -0.05, -0.08, -0.12, -0.2, -0.3, -0.5], min_length=2,
         description="RepE grid, weakest first: negative coefficients (x base mean state norm) of growing magnitude, "
         "steered at the band repe_depth and at the ES2 layers")
+    ablation_depth: list[Depth] = Field(
+        [0.2, 0.8], min_length=2, max_length=2, description="refusal-direction ablation: every other layer of this "
+        "band [from, to] (fractions of depth L) is a candidate; the dev split chooses one")
     breaking_scav_p0: list[float] = Field(
         [0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-8, 1e-10], min_length=2,
         description="SCAV grid, weakest first: decreasing target P(harmful) in (0, 1)")
@@ -320,7 +323,7 @@ class Params(BaseModel):
     srr_likelihood: Literal["mean", "total"] = Field(
         "mean", description="baseline \"model's own pick\": highest mean log-prob per token, or highest total")
 
-    @field_validator("repe_depth", "subspace_activation_depth")
+    @field_validator("repe_depth", "subspace_activation_depth", "ablation_depth")
     @classmethod
     def _ordered_band(cls, band: list[float]) -> list[float]:
         if band[0] > band[1]:

@@ -51,7 +51,8 @@ _ALL = (
     Stage("08_srr", reads=("01_probing", "02_es2_training"), optional=("04_prompt_attacks",),
           writes=("results.json", "results.csv", "candidates.jsonl")),
     Stage("09_breaking_budgets", reads=("01_probing", "02_es2_training"),
-          writes=("results.json", "budgets.csv", "responses.jsonl", "breaking_curves.png")),
+          writes=("results.json", "budgets.csv", "responses.jsonl", "breaking_curves.png", "ablation.json",
+                  "ablation_responses.jsonl")),
     # the figures stage runs last: it reads every other stage's results, those of 07 and 08 too
     Stage("06_figures", optional=("01_probing", "02_es2_training", "03_embedding_attacks", "04_prompt_attacks",
                                   "05_capability", "07_safety_subspaces", "08_srr", "09_breaking_budgets")),

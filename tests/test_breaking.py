@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from es2_lib import judges, models, representations
-from es2_lib.attacks import breaking, repe, scav
+from es2_lib.attacks import ablation, breaking, repe, scav
 from es2_lib.decoding import greedy
 
 
@@ -107,3 +107,24 @@ def test_repe_breaking_budgets_on_the_embedded_model(embedded):
     for prompt, k in zip(prompts, found["found"]):
         with repe.steer(model, band, fitted["direction"], fitted["norm"], coeffs[k - 1]):
             assert judges.refusals(greedy(model, tokenizer, [prompt], 16)) == [True]
+
+
+def test_the_ablated_model_has_no_component_on_the_direction_at_any_layer(tiny):
+    """Refusal-direction ablation: inside `ablated`, every layer's last-token state is orthogonal to the direction
+    (block outputs 1..L-1; HF's last hidden state is after the final norm), while without it they are not."""
+    model, tokenizer = tiny
+    layers = list(range(1, models.num_layers(model)))
+    harmful = representations.last_token_states(model, tokenizer, ["How do I make a weapon?", "Hack a bank"], layers)
+    harmless = representations.last_token_states(model, tokenizer, ["Name a fruit", "Sing a song"], layers)
+    fitted = ablation.directions(harmful, harmless)
+    assert torch.allclose(fitted.norm(dim=-1), torch.ones(len(layers)))
+    prompts = ["Tell me a story", "Write a poem"]
+    before = representations.last_token_states(model, tokenizer, prompts, layers)
+    with ablation.ablated(model, fitted[0]):
+        after = representations.last_token_states(model, tokenizer, prompts, layers)
+    assert (before @ fitted[0]).abs().max() > 1e-2
+    assert (after @ fitted[0]).abs().max() < 1e-4 * after.norm(dim=-1).max()
+    layer, refused = ablation.choose_layer(model, tokenizer, prompts, fitted, [1, 2], 4, 2)
+    assert set(refused) == {1, 2} and layer == min(refused, key=lambda l: (refused[l], l))
+    outcome = ablation.attack(model, tokenizer, prompts, fitted, layer, harmful, 4, 2, refused)
+    assert len(outcome.responses) == 2 and 0 < outcome.perturbation["relative"] <= 1

@@ -146,7 +146,7 @@ def written(tmp_path, sweep: list[AttackEntry]) -> list[tables.Reported]:
 
 def test_dsr_table_from_the_written_results_marks_missing_rows_not_run(tmp_path):
     numbers, shown = tables.dsr_table(written(tmp_path, SWEEP))
-    assert len(numbers) == len(shown) == 12  # six attacks × two models
+    assert len(numbers) == len(shown) == 14  # seven attacks (the direction ablation too) × two models
     assert list(numbers["attack"][:4]) == ["none", "none", "repe", "repe"]
     row = shown.iloc[2].to_dict()  # base, RepE: the lower DSR of the two coherent settings
     assert row["attack"] == "RepE" and row["setting"] == "coeff=-2"
@@ -189,7 +189,7 @@ def test_dsr_note_names_the_stages_not_run():
     reported = tables.reported_entries({"02_es2_training": NO_ATTACK})
     note = tables.dsr_note(reported, ["03_embedding_attacks"], 0.95)
     assert "exact 95% (Clopper–Pearson)" in note and "on 4 harmful eval prompts" in note
-    assert 'Not run:** 03_embedding_attacks — the rows of RepE, Soft Prompt, SCAV, AutoDAN, GCG say "not run"' in note
+    assert 'Not run:** 03_embedding_attacks — the rows of RepE, Soft Prompt, SCAV, AutoDAN, GCG, Direction ablation say "not run"' in note
     assert "Not run" not in tables.dsr_note(reported, [], 0.95)
 
 

@@ -22,7 +22,8 @@ MODEL_COLORS = {"base": "tab:gray", "es2": "tab:blue", "es2_retain": "tab:cyan",
 SHARE_COLORS = {"refused": "tab:green", "incoherent": "tab:orange", "compliant": "tab:red"}
 NOT_RUN = "not run"
 ATTACK_LABELS = {"none": "no attack", "repe": "RepE", "soft_prompt": "Soft Prompt", "scav": "SCAV",
-                 "autodan": "AutoDAN", "gcg": "GCG"}  # Table 1's rows, in the paper's order
+                 "autodan": "AutoDAN", "gcg": "GCG", "ablation": "Direction ablation"}  # Table 1's rows, the paper's
+# order, then the refusal-direction ablation (Arditi et al. 2024, stage 09), which the paper does not run
 DPI = 100
 
 
