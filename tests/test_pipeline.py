@@ -15,7 +15,7 @@ import papermill
 import pytest
 
 from es2_lib import __main__ as cli
-from es2_lib import data, params, pipeline, runs, stages
+from es2_lib import data, params, pipeline, plots, runs, stages
 from es2_lib.results import read_attack_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,12 +335,20 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     assert subspaces["weight_mso"] and subspaces["sample_sizes"]["dsr_prompts"] > 0
     srr = read("08_srr", "results.json")
     assert set(srr["models"]) == {"base", "es2"}
+    breaking = read("09_breaking_budgets", "results.json")  # every attack's breaking budgets per model, paired
+    assert {(r["attack"], r["arm"]) for r in breaking["paired"]} == {
+        (a, plots.model_label(m)) for a in ("RepE (band)", "RepE (ES2 layers)", "SCAV") for m in smoke.attacked_arms}
+    assert all(r["n"] == min(smoke.breaking_n, smoke.n_eval) for r in breaking["paired"])
+    for by_attack in breaking["found"].values():
+        assert all(k is None or 0 <= k < len(smoke.breaking_repe_coeffs) for k in by_attack["repe"]["found"])
+    ablated, _ = read_attack_results(run_dir / "09_breaking_budgets" / "ablation.json")
+    assert {e.model for e in ablated} == {"base", *smoke.attacked_arms} and {e.attack for e in ablated} == {"ablation"}
     for table in ("table_1_dsr", "table_2_capability"):
         assert (figures_dir / f"{table}.csv").exists() and (figures_dir / f"{table}.md").read_text().strip()
     table_1 = pd.read_csv(figures_dir / "table_1_dsr.csv")  # 06 found every attack in what 02-04 wrote
-    assert len(table_1) == 6 * (1 + len(smoke.attacked_arms)) and set(table_1["status"]) == {"ok"}  # attack × model
+    assert len(table_1) == 7 * (1 + len(smoke.attacked_arms)) and set(table_1["status"]) == {"ok"}  # attack × model
     assert set(table_1["model"]) == {"base", *smoke.attacked_arms}
     paired_rows = pd.read_csv(figures_dir / "table_1b_paired.csv")  # each arm vs base per attack and judge
-    assert len(paired_rows) == 6 * len(smoke.attacked_arms) * 2 and paired_rows["holm_p"].between(0, 1).all()
+    assert len(paired_rows) == 7 * len(smoke.attacked_arms) * 2 and paired_rows["holm_p"].between(0, 1).all()
     assert len(pd.read_csv(figures_dir / "table_4_judges.csv")) == 4
     assert len(list(figures_dir.glob("*.png"))) >= 5 and (figures_dir / "timings.md").exists()
