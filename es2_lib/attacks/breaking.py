@@ -5,8 +5,8 @@ pushed instead of by one budget that saturates.
 `bisect` finds them for all prompts at once: each round runs every unresolved prompt at its own midpoint budget in
 one batched greedy pass (`decoding.greedy`'s row edits: `repe.row_steering`, `scav.row_targets`), so a grid of G
 budgets costs 1 + ceil(log2 G) passes whatever the number of prompts. Bisection assumes that a prompt broken at a
-budget stays broken at every larger one; `confirm` generates the full response again at each found budget, judges
-it, and so says how often that holds. A prompt still refusing at the top of the grid has no breaking budget (None):
+budget stays broken at every larger one; `at_breaking_point` then runs the attack again at each found budget at full
+length (the confirmation), whose judged response says how often that held. A prompt still refusing at the top of the grid has no breaking budget (None):
 it is censored, and counted one grid step beyond the top wherever a number is needed.
 """
 
@@ -20,8 +20,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import judges, stats
-from ..progress import progress
 from ..decoding import RowEdit, greedy
+from ..progress import progress
 from .common import Outcome
 
 Breaks = Callable[[list[int], list[int]], list[bool]]  # (prompt indices, grid index of each) -> broken there
