@@ -45,6 +45,9 @@ BUNDLED = {
     "i_malicious_instructions": _Bundled("safety_tuned_llamas/I-MaliciousInstructions.json", {"prompt": "prompt"},
                                          builder="instructions"),
     "q_harm": _Bundled("safety_tuned_llamas/Q-Harm.json", {"prompt": "prompt"}, builder="instructions"),
+    # harmless requests about physical safety (Levy et al. 2022, in Bianchi et al.'s set): refusing them is over-refusal
+    "i_physical_safety_safe": _Bundled("safety_tuned_llamas/I-PhysicalSafetySafe.json", {"prompt": "prompt"},
+                                       builder="instructions"),
 }
 
 
@@ -219,7 +222,8 @@ def first(rows: list[dict], n: int, key: str, what: str) -> list[dict]:
 
 # --- instruction -> response pairs for fine-tuning (safety subspaces; ES2's refusal retain term) -----------------
 
-PAIRS = {  # name -> (file below DATA_DIR, which response of hidden_context's [safe, unsafe] list; None = Code Alpaca)
+PAIRS = {  # name -> (file below DATA_DIR, which response of hidden_context's [safe, unsafe] list; None = Alpaca format)
+    "alpaca": ("alpaca/alpaca_5000.json", None),
     "code_alpaca": ("code_alpaca/code_alpaca_2k.json", None),
     "hidden_context_unsafe": ("hidden_context/jailbroken_responses.jsonl", 1),
     "hidden_context_safe": ("hidden_context/jailbroken_responses.jsonl", 0),
@@ -230,7 +234,7 @@ def load_pairs(name: str) -> list[dict]:
     """Rows {"prompt", "response"} of a bundled fine-tuning set (see PAIRS), in file order, without rows whose
     prompt or response is empty.
 
-    Code Alpaca: the instruction and its input (if any), separated by a blank line, and the output.
+    Alpaca and Code Alpaca: the instruction and its input (if any), separated by a blank line, and the output.
     hidden_context: the jailbreak prompt without its "Human:" / "Assistant:" frame (our chat template replaces
     it) and its unsafe (GPT-4, jailbroken) or safe (Claude v1.3) response."""
     if name not in PAIRS:

@@ -1,7 +1,7 @@
 """Harmless drift: how far fine-tuning moved the model's next-token distribution on ordinary text, as
 KL(p_base ‖ p_tuned) over the held-out harmless prompts and the base model's responses to them, and the
-responses' perplexity under each model (docs/architecture.md, 'Metrics'; the paper's "comparable general
-capabilities" claim).
+responses' perplexity under each model; the same scoring of reference responses (Alpaca, Code Alpaca) gives their
+NLL under each model (docs/architecture.md, 'Metrics'; the paper's "comparable general capabilities" claim).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import batching
 from .adapters import base_model
+from .benchmarks import subset
 from .objective import kl_divergence
 from .models import chat_prompt
 from .progress import progress as progress_bar
@@ -66,6 +67,18 @@ def harmless_drift(
                       "nll_base": nll_base[row, k - 1 - r :].sum().item(),
                       "nll_tuned": nll_tuned[row, k - 1 - r :].sum().item(), "tokens": r}
     return out
+
+
+def truncated_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[dict], n: int, max_tokens: int,
+                    seed: int) -> list[dict]:
+    """A seeded `n` of {prompt, response} reference pairs (0: all), each response cut to its first `max_tokens`
+    tokens, so that scoring them (`harmless_drift`) costs a bounded forward per pair."""
+    cut = []
+    for pair in subset(pairs, n, seed):
+        ids = tokenizer(pair["response"], add_special_tokens=False)["input_ids"]
+        cut.append({"prompt": pair["prompt"], "response": tokenizer.decode(ids[:max_tokens]) if len(ids) > max_tokens
+                    else pair["response"]})
+    return cut
 
 
 def drift_summary(rows: Sequence[dict], samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:

@@ -44,7 +44,7 @@ _ALL = (
     Stage("04_prompt_attacks", reads=("01_probing", "02_es2_training"),
           writes=("results.json", "results.csv", "responses.jsonl", "attack_prompts.jsonl")),
     Stage("05_capability", reads=("01_probing", "02_es2_training"),
-          writes=("results.json", "results.csv", "predictions.jsonl", "responses.jsonl")),
+          writes=("results.json", "results.csv", "predictions.jsonl", "responses.jsonl", "reference.jsonl")),
     Stage("07_safety_subspaces", reads=("01_probing", "02_es2_training"),
           writes=("results.json", "responses.jsonl", "weight_mso.csv", "weight_mso_per_matrix.csv", "projection.csv",
                   "activation_mso.csv", "benign_ft.csv")),

@@ -84,3 +84,38 @@ def test_arms_table_gives_each_attacked_arm_its_row_group_against_base():
     assert first.loc["es2", "tuned"] == 0.25 and first.loc["stl", "tuned"] == 0.75 and first.loc["stl", "base"] == 0.5
     assert {"arm", "arm − base"} <= set(shown.columns)
     assert list(capability_plots.arm_results(by_arm["es2"])) == ["es2"]  # a results file of one arm
+
+
+def test_other_look_alikes_and_reference_nll_are_measures_of_the_verdict():
+    """A second over-refusal set and the reference responses' NLL join the verdict: an NLL rise beyond its margin
+    makes "comparable capability" not supported even when accuracy and XSTest hold."""
+    rows = {m: [_row(i, True) for i in range(4)] for m in ("base", "es2")}
+    xstest = {m: {"safe": ["Sure.", "Fine."], "unsafe": ["I cannot help.", "No."]} for m in ("base", "es2")}
+    drift_rows = [{"kl": 0.1, "kl_first": 0.2, "nll_base": 2.0, "nll_tuned": 2.0, "tokens": 2}]
+    look_alikes = {"base": {"phys": ["Sure.", "Fine.", "Yes."]}, "es2": {"phys": ["I'm sorry", "Fine.", "Yes."]}}
+    reference = {"alpaca": [{"kl": 0.0, "kl_first": 0.0, "nll_base": 10.0, "nll_tuned": 12.0, "tokens": 10}] * 3}
+    res = capability.summarize({m: {"mmlu": r} for m, r in rows.items()}, xstest, drift_rows, 0.02, 200,
+                               over_refusal=look_alikes, reference=reference, reference_nll_margin=0.05)
+    assert res["es2"]["over_refusal"]["phys"]["autodan"]["value"] == pytest.approx(1 / 3)
+    assert res["difference"]["over_refusal"]["phys"]["value"] == pytest.approx(1 / 3)
+    assert res["base"]["reference"]["alpaca"]["nll"]["value"] == pytest.approx(1.0)
+    assert res["difference"]["reference"]["alpaca"]["nll"]["value"] == pytest.approx(0.2)
+    measures = res["verdict"]["measures"]
+    assert measures["alpaca_reference_nll"]["verdict"] == "refuted" and not measures["phys_over_refusal"]["holds"]
+    assert measures["mmlu"]["holds"] and res["verdict"]["verdict"] == "not supported"
+    shorts = [r["short"] for r in capability_plots.headline(res)]
+    assert "phys over-refusal" in shorts and "alpaca NLL" in shorts
+    assert len(capability_plots.capability_bars(res).axes) == 2
+    same = {"alpaca": [{**reference["alpaca"][0], "nll_tuned": 10.0}] * 3}
+    held = capability.summarize({m: {"mmlu": r} for m, r in rows.items()}, xstest, drift_rows, 0.02, 200,
+                                reference=same)["verdict"]["measures"]["alpaca_reference_nll"]
+    assert held["holds"] and held["verdict"] == "supported"
+
+
+def test_reference_pairs_are_a_seeded_subset_cut_to_their_first_tokens(tiny):
+    tokenizer = tiny[1]
+    pairs = [{"prompt": f"q{i}", "response": "word " * (5 + i)} for i in range(10)]
+    cut = drift.truncated_pairs(tokenizer, pairs, 4, 6, seed=0)
+    assert len(cut) == 4 and cut == drift.truncated_pairs(tokenizer, pairs, 4, 6, seed=0)
+    assert all(len(tokenizer(p["response"], add_special_tokens=False)["input_ids"]) <= 6 for p in cut)
+    assert drift.truncated_pairs(tokenizer, pairs[:1], 0, 100, seed=0) == pairs[:1]  # short ones are kept whole

@@ -11,11 +11,19 @@ from es2_lib import data, judges, runs
 
 @pytest.mark.parametrize("name, count", [("advbench", 520), ("alpaca", 31323), ("malicious_instruct", 100),
                                          ("xstest_safe", 250), ("xstest_unsafe", 200),
-                                         ("i_malicious_instructions", 100), ("q_harm", 100)])
+                                         ("i_malicious_instructions", 100), ("q_harm", 100),
+                                         ("i_physical_safety_safe", 100)])
 def test_bundled_sets_load_with_their_counts(name, count):
     rows = data.load_prompts(name)
     assert len(rows) == count
     assert all(isinstance(r["prompt"], str) and r["prompt"].strip() for r in rows)
+
+
+@pytest.mark.parametrize("name, count", [("alpaca", 4998), ("code_alpaca", 2015)])
+def test_reference_pairs_load_with_instruction_and_input_joined(name, count):
+    pairs = data.load_pairs(name)  # 2 empty outputs of each file are left out
+    assert len(pairs) == count and all(p["prompt"] and p["response"].strip() for p in pairs)
+    assert any("\n\n" in p["prompt"] for p in pairs)  # an instruction with an input
 
 
 def test_advbench_has_targets_and_xstest_keeps_type():

@@ -331,6 +331,8 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     capability = read("05_capability", "results.json")
     assert {"mmlu_pro", "gpqa", "xstest", "harmless"} <= set(capability["base"]) and "difference" in capability
     assert list(capability["arms"]) == smoke.attacked_arms
+    assert set(capability["base"]["reference"]) == set(smoke.reference_sets)  # NLL of reference responses per set
+    assert {"i_physical_safety_safe_over_refusal", "alpaca_reference_nll"} <= set(capability["verdict"]["measures"])
     subspaces = read("07_safety_subspaces", "results.json")
     assert subspaces["weight_mso"] and subspaces["sample_sizes"]["dsr_prompts"] > 0
     srr = read("08_srr", "results.json")
@@ -351,4 +353,5 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     paired_rows = pd.read_csv(figures_dir / "table_1b_paired.csv")  # each arm vs base per attack and judge
     assert len(paired_rows) == 7 * len(smoke.attacked_arms) * 2 and paired_rows["holm_p"].between(0, 1).all()
     assert len(pd.read_csv(figures_dir / "table_4_judges.csv")) == 4
+    assert set(pd.read_csv(figures_dir / "table_4b_judges_own.csv")["measure"]) == {"refusal", "harm-free"}
     assert len(list(figures_dir.glob("*.png"))) >= 5 and (figures_dir / "timings.md").exists()

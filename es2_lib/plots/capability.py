@@ -13,6 +13,7 @@ from . import MODEL_COLORS, MODEL_LABELS
 from .tables import capability_table
 
 BENCHMARK_LABELS = {"arc_challenge": "ARC-Challenge", "mmlu": "MMLU", "mmlu_pro": "MMLU-Pro", "gpqa": "GPQA diamond"}
+REFERENCE_LABELS = {"alpaca": "Alpaca", "code_alpaca": "Code Alpaca"}
 CONTINUOUS_LABELS = {"logprob_correct": ("mean log-probability of the correct option", "log P(correct)"),
                      "brier": ("Brier score (lower is better)", "Brier")}
 
@@ -47,6 +48,14 @@ def headline(results: dict) -> list[dict]:
         rows.append({"measure": label, "short": short, "base": results["base"]["xstest"][metric]["autodan"],
                      "es2": results["es2"]["xstest"][metric]["autodan"],
                      "difference": results["difference"]["xstest"][metric]})
+    for name, rate in results["base"].get("over_refusal", {}).items():
+        rows.append({"measure": f"{name} over-refusal (harmless prompts refused)", "short": f"{name} over-refusal",
+                     "base": rate["autodan"], "es2": results["es2"]["over_refusal"][name]["autodan"],
+                     "difference": results["difference"]["over_refusal"][name]})
+    for name, scored in results["base"].get("reference", {}).items():
+        rows.append({"measure": f"{REFERENCE_LABELS.get(name, name)} reference responses: NLL per token (nats)",
+                     "short": f"{name} NLL", "base": scored["nll"], "es2": results["es2"]["reference"][name]["nll"],
+                     "difference": results["difference"]["reference"][name]["nll"]})
     ppl_base, ppl_es2 = results["base"]["harmless"]["ppl"], results["es2"]["harmless"]["ppl"]
     rows.append({"measure": "harmless KL(base ‖ tuned), nats per token", "short": "harmless KL", "base": None,
                  "es2": results["es2"]["harmless"]["kl"], "difference": None})
@@ -78,7 +87,8 @@ def capability_bars(results: dict) -> Figure:
     """Two panels of base and ES2 bars with their intervals: the headline rates (accuracies, letter mass, XSTest
     refusals: the rows of `headline` in [0, 1]) and the mean log-probability of the correct option per benchmark
     (it moves before accuracy does)."""
-    rows = [r for r in headline(results)[:-2] if not r["short"].endswith(tuple(s for _, s in CONTINUOUS_LABELS.values()))]
+    rates = tuple(s for _, s in CONTINUOUS_LABELS.values()) + ("NLL", "harmless KL", "harmless perplexity")
+    rows = [r for r in headline(results) if not r["short"].endswith(rates)]
     panels = {"Accuracy and refusal rates": {r["short"]: r for r in rows},
               "Mean log P(correct option), renormalised over the options": {
                   BENCHMARK_LABELS[b]: {w: results[w][b]["logprob_correct"] for w in ("base", "es2")}

@@ -176,11 +176,18 @@ def capability_note(results: Mapping[str, Any] | None) -> str:
             f"questions; chance is printed with each accuracy); beside accuracy the mean log-probability of the "
             f"correct option and the Brier score, both over the option letters' renormalised probabilities (they move "
             f"before accuracy does); XSTest over-refusal = share of {xstest.get('safe', '?')} safe prompts refused "
-            f"(keyword judge {settings.get('judge', '?')!r}); harmless KL(base ‖ ES2) in nats per token over the "
+            f"(keyword judge {settings.get('judge', '?')!r})"
+            + "".join(f", {name} over-refusal on {n} harmless look-alikes"
+                      for name, n in settings.get("over_refusal_sets", {}).items())
+            + "".join(f"; NLL per token of {n} {name} reference responses (their first "
+                      f"{settings.get('reference_max_tokens', '?')} tokens)" for name, n in settings.get("reference", {}).items())
+            + f"; harmless KL(base ‖ ES2) in nats per token over the "
             f"responses to {settings.get('harmless_prompts', '?')} held-out harmless prompts. ES2 − base is a paired "
             f"bootstrap interval (accuracy: exact McNemar p in results.json). \"Comparable capability\" (ES2 at most "
             f"{settings.get('margin', '?')} below base on each benchmark and at most "
-            f"{settings.get('over_refusal_margin', '?')} more over-refusal): **{verdict.get('verdict', '?')}** "
+            f"{settings.get('over_refusal_margin', '?')} more over-refusal on each set"
+            + (f", reference NLL at most {settings['reference_nll_margin']} nats per token higher"
+               if settings.get("reference") else "") + f"): **{verdict.get('verdict', '?')}** "
             f"({verdicts or '?'}).")
 
 
