@@ -87,8 +87,8 @@ def capability_bars(results: dict) -> Figure:
     """Two panels of base and ES2 bars with their intervals: the headline rates (accuracies, letter mass, XSTest
     refusals: the rows of `headline` in [0, 1]) and the mean log-probability of the correct option per benchmark
     (it moves before accuracy does)."""
-    rates = tuple(s for _, s in CONTINUOUS_LABELS.values()) + ("NLL", "harmless KL", "harmless perplexity")
-    rows = [r for r in headline(results) if not r["short"].endswith(rates)]
+    not_rates = tuple(s for _, s in CONTINUOUS_LABELS.values()) + ("NLL", "harmless KL", "harmless perplexity")
+    rows = [r for r in headline(results) if not r["short"].endswith(not_rates)]
     panels = {"Accuracy and refusal rates": {r["short"]: r for r in rows},
               "Mean log P(correct option), renormalised over the options": {
                   BENCHMARK_LABELS[b]: {w: results[w][b]["logprob_correct"] for w in ("base", "es2")}
