@@ -15,7 +15,7 @@ from collections import defaultdict
 from typing import Sequence
 
 from . import judges
-from .drift import drift_summary
+from .drift import corpus_perplexity, drift_summary
 from .stats import mcnemar_exact, mean_ci, paired_difference, rate_ci
 
 CONTINUOUS = ("logprob_correct", "brier")  # per-question measures beside accuracy (log-prob: higher is better)
@@ -91,7 +91,7 @@ def summarize(
     "verdict": overall_verdict}.
     over_refusal[model][set]: responses to another set of harmless look-alikes (same prompts for both models):
     results[model]["over_refusal"][set] and difference["over_refusal"][set] like XSTest's safe part.
-    reference[set]: `harmless_drift` rows of reference responses (their NLL under base and tuned):
+    reference[set]: `drift.paired_nll` rows of reference responses (their NLL under base and tuned):
     results[model]["reference"][set] = {"nll": mean NLL per token over the pairs, "ppl": corpus perplexity},
     difference["reference"][set] = {"nll": paired mean of tuned − base}. Each is a measure of the verdict."""
     ci = dict(samples=samples, confidence=confidence, seed=seed)
@@ -132,10 +132,9 @@ def summarize(
         more[f"{name}_over_refusal"] = rise_verdict(diff, over_refusal_margin)
     for name, rows in (reference or {}).items():
         per_token = {m: [r[f"nll_{m}"] / r["tokens"] for r in rows] for m in ("base", "tuned")}
-        summary = drift_summary(rows, **ci)
         for model, m in (("base", "base"), ("es2", "tuned")):
             results[model].setdefault("reference", {})[name] = {"nll": mean_ci(per_token[m], **ci),
-                                                                "ppl": summary[f"ppl_{m}"]}
+                                                                "ppl": corpus_perplexity(rows, m)}
         diff = mean_ci([t - b for b, t in zip(per_token["base"], per_token["tuned"])], **ci)
         results["difference"].setdefault("reference", {})[name] = {"nll": diff}
         more[f"{name}_reference_nll"] = rise_verdict(diff, reference_nll_margin)

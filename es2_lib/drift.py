@@ -1,7 +1,8 @@
 """Harmless drift: how far fine-tuning moved the model's next-token distribution on ordinary text, as
 KL(p_base ‖ p_tuned) over the held-out harmless prompts and the base model's responses to them, and the
-responses' perplexity under each model; the same scoring of reference responses (Alpaca, Code Alpaca) gives their
-NLL under each model (docs/architecture.md, 'Metrics'; the paper's "comparable general capabilities" claim).
+responses' perplexity under each model; reference responses (Alpaca, Code Alpaca) are scored by their NLL alone,
+under each model on its own (`evaluate.response_nll`, `paired_nll`: the base once for every arm)
+(docs/architecture.md, 'Metrics'; the paper's "comparable general capabilities" claim).
 """
 
 from __future__ import annotations
@@ -81,11 +82,23 @@ def truncated_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[dict], n
     return cut
 
 
+def paired_nll(base: Sequence[dict], tuned: Sequence[dict]) -> list[dict]:
+    """`evaluate.response_nll` rows of the same responses under base and tuned, zipped into {nll_base, nll_tuned,
+    tokens} (the NLL fields of `harmless_drift` rows, without the KL); responses without tokens are left out."""
+    return [{"nll_base": b["nll"], "nll_tuned": t["nll"], "tokens": b["tokens"]}
+            for b, t in zip(base, tuned, strict=True) if b["tokens"]]
+
+
+def corpus_perplexity(rows: Sequence[dict], which: str) -> float | None:
+    """exp of the token-weighted mean NLL of `rows` under `which` ("base" or "tuned"); None without tokens."""
+    tokens = sum(r["tokens"] for r in rows)
+    return math.exp(sum(r[f"nll_{which}"] for r in rows) / tokens) if tokens else None
+
+
 def drift_summary(rows: Sequence[dict], samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Mean KL(base ‖ tuned) per prompt and at the first response token (with intervals), and the corpus
     perplexity of the responses under each model (exp of the token-weighted mean NLL; None without tokens)."""
-    tokens = sum(r["tokens"] for r in rows)
-    ppl = {m: math.exp(sum(r[f"nll_{m}"] for r in rows) / tokens) if tokens else None for m in ("base", "tuned")}
     return {"kl": mean_ci([r["kl"] for r in rows], samples, confidence, seed),
             "kl_first": mean_ci([r["kl_first"] for r in rows], samples, confidence, seed),
-            "ppl_base": ppl["base"], "ppl_tuned": ppl["tuned"], "tokens": tokens}
+            "ppl_base": corpus_perplexity(rows, "base"), "ppl_tuned": corpus_perplexity(rows, "tuned"),
+            "tokens": sum(r["tokens"] for r in rows)}

@@ -45,13 +45,13 @@ def incoherent(text: str) -> bool:
 
 
 @torch.inference_mode()
-def response_perplexity(
+def response_nll(
     model: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 8
-) -> list[float]:
-    """Perplexity of each response after its chat prompt under `model` (pass the base model, or use
-    `base_perplexity`), in batches of `batch_size` in the given order. Empty responses get NaN."""
+) -> list[dict]:
+    """Per (prompt, response): {nll (summed over the response's tokens), tokens} under `model`, each response
+    after its chat prompt, no EOS; in batches of `batch_size` in the given order. Empty responses: nll 0, tokens 0."""
     device = next(model.parameters()).device
-    out = [math.nan] * len(prompts)
+    out = [{"nll": 0.0, "tokens": 0} for _ in prompts]
     rows = []  # (index, prompt ids, response ids) of the non-empty responses
     for i, (prompt, response) in enumerate(zip(prompts, responses)):
         resp_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
@@ -64,8 +64,17 @@ def response_perplexity(
                                     head)
         nll = target_nll(model, batch)  # [b, longest response], 0 left of a shorter one
         for row, (i, _, resp_ids) in enumerate(chunk):
-            out[i] = math.exp(nll[row, -len(resp_ids):].mean().item())
+            out[i] = {"nll": nll[row, -len(resp_ids):].sum().item(), "tokens": len(resp_ids)}
     return out
+
+
+def response_perplexity(
+    model: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 8
+) -> list[float]:
+    """Perplexity of each response after its chat prompt under `model` (pass the base model, or use
+    `base_perplexity`): exp of `response_nll`'s mean per token. Empty responses get NaN."""
+    return [math.exp(r["nll"] / r["tokens"]) if r["tokens"] else math.nan
+            for r in response_nll(model, tokenizer, prompts, responses, batch_size)]
 
 
 def base_perplexity(model: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str],

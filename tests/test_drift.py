@@ -37,3 +37,26 @@ def test_harmless_drift_is_zero_without_change_and_matches_a_direct_kl(lively):
     assert all(abs(r["kl"]) < 1e-7 for r in drift.harmless_drift(tuned, tokenizer, prompts, responses, base=tuned))
     with pytest.raises(TypeError, match="fully fine-tuned"):
         drift.harmless_drift(tuned.get_base_model(), tokenizer, prompts, responses)
+
+
+def test_reference_nll_scored_alone_equals_the_drift_rows_nll(lively):
+    """The reference responses' NLL under each model on its own (`evaluate.response_nll` + `drift.paired_nll`, the
+    base scored once for every arm) equals `harmless_drift`'s NLL fields; empty responses are left out."""
+    model, tokenizer = lively
+    tuned = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, weight in tuned.named_parameters():
+            if "lora_B" in name:
+                weight.copy_(0.5 * torch.randn_like(weight))
+    prompts, responses = ["Say hi", "Tell me a much longer story about a dragon", "x"], ["Hello there friend", "Once upon", ""]
+    with tuned.disable_adapter():
+        base_rows = evaluate.response_nll(tuned, tokenizer, prompts, responses, batch_size=2)
+    rows = drift.paired_nll(base_rows, evaluate.response_nll(tuned, tokenizer, prompts, responses, batch_size=2))
+    expected = drift.harmless_drift(tuned, tokenizer, prompts[:2], responses[:2], batch_size=2)
+    assert len(rows) == 2 and rows[0]["nll_base"] != pytest.approx(rows[0]["nll_tuned"], rel=1e-3)
+    for got, want in zip(rows, expected):
+        assert got["tokens"] == want["tokens"]
+        assert got["nll_base"] == pytest.approx(want["nll_base"], rel=1e-4)
+        assert got["nll_tuned"] == pytest.approx(want["nll_tuned"], rel=1e-4)
+    assert drift.corpus_perplexity(rows, "tuned") == pytest.approx(
+        math.exp(sum(r["nll_tuned"] for r in rows) / sum(r["tokens"] for r in rows)))
