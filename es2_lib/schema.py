@@ -157,6 +157,9 @@ class Params(BaseModel):
     rr_init_std: float = Field(
         0.01, ge=0, description="rr arm: std of LoRA B's initial draw (full: noise per weight std), as ReLU(cos) is "
         "stationary at the base model")
+    rr_lambda_kl: float = Field(
+        0.0, ge=0, description="rr arm: weight of the harmless next-token KL the other arms train with (0: Circuit "
+        "Breakers' objective, rerouting + L2 retain only)")
     rr_centred: bool = Field(
         False, description="rr arm: reroute the harmful states' cosine after subtracting the base states' mean over "
         "the training prompts (the direction every last-token state shares); false: the paper's raw cosine")

@@ -95,6 +95,7 @@ class TrainConfig:
     es2_refusal_tokens: int
     rr_retain_weight: float
     rr_init_std: float
+    rr_lambda_kl: float
     rr_centred: bool
     es2_train_layers: str  # "all" | "up_to_deepest"
     es2_adapter: str  # "lora" | "full"
@@ -189,7 +190,7 @@ class ES2Trainer:
             loss, parts = rr_loss(states[:b], self.base_states[h_idx].to(self.device), states[b:],
                                   self.base_states[base_s].to(self.device), self.scale, retain_weight, reroute_weight,
                                   self.centre)
-            return loss, {**parts, "kl": kl}
+            return loss + c.rr_lambda_kl * kl, {**parts, "kl": kl}
         pairs = [self.pairs[i] for i in self._indices(len(self.pairs), self.step, 2)] if self.pairs else []
         if c.objective == "stl":
             sft = response_ce(self.model, self.tokenizer, pairs, c.es2_refusal_tokens)

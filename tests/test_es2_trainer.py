@@ -206,6 +206,21 @@ def test_centred_rr_takes_the_cosine_about_the_base_states_mean(tiny):
     assert _trainer(models.load_model("tiny", "float32", "cpu", 0)[0], tokenizer, _config("rr")).centre is None
 
 
+def test_rr_lambda_kl_adds_the_harmless_kl_the_other_arms_train_with(tiny):
+    """rr_lambda_kl = λ: the rr arm's loss is Circuit Breakers' (rerouting + retain) plus λ · the harmless KL."""
+    model, tokenizer = tiny
+    rr = _trainer(model, tokenizer, _config("rr", rr_lambda_kl=3.0))
+    h_idx, s_idx = [0, 1, 2, 3], [0, 1, 2, 3]
+    batch = representations.encode_prompts(tokenizer, HARMFUL + HARMLESS, rr.device)
+    with torch.no_grad():
+        states, logp = hooks.run_with_cache_and_logprobs(rr.model, batch, rr.layers)
+        with_kl, parts = rr._loss(states, logp, h_idx, s_idx)
+        rr.config = dataclasses.replace(rr.config, rr_lambda_kl=0.0)
+        without, _ = rr._loss(states, logp, h_idx, s_idx)
+    assert parts["kl"] > 0  # the perturbed start (rr_init_std) already moves the harmless distribution
+    assert with_kl.item() == pytest.approx(without.item() + 3.0 * parts["kl"].item(), rel=1e-5)
+
+
 def _rr_gradient_norm(model, tokenizer, init_std: float) -> float:
     rr = _trainer(model, tokenizer, _config("rr", rr_init_std=init_std))
     h_idx, s_idx = [0, 1, 2, 3], [0, 1, 2, 3]
