@@ -1,7 +1,8 @@
 """How the SRR system (Du et al. 2025, arXiv 2505.15710) and its baselines pick an answer from a candidate list, and
 how well: the trained ranker, a uniform random pick, the sampling model's own likelihood and a linear probe on the
 candidate features; ranking accuracy (top pick safe), DSR (top pick refused) and XSTest over-refusal of each pick,
-with bootstrap intervals, and ranking accuracy per feature layer. See docs/architecture.md, "Related systems".
+with bootstrap intervals, SRR against each baseline on the same lists (paired tests), and ranking accuracy per
+feature layer. See docs/architecture.md, "Related systems".
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Sequence
 import torch
 
 from . import probes
-from .stats import mean_ci
+from .stats import mcnemar_exact, mean_ci, paired_difference, signed_rank
 from .srr_candidates import XSTEST, Lists, counts, mixed
 from .srr_ranker import RankerConfig, SafetyRanker, train_ranker
 
@@ -66,20 +67,54 @@ def _rate(values: Sequence[float], config: PickerConfig) -> dict:
     return mean_ci(values, config.bootstrap_samples, config.confidence, config.seed)
 
 
+def picked(flags: torch.Tensor, picker_scores: dict[str, torch.Tensor], name: str, rows: torch.Tensor) -> torch.Tensor:
+    """[m] float: for each list of `rows`, `flags` [n, K] of the candidate picker `name` picks (its top score); for
+    "random" the expected flag of a uniform pick (the share of the list's candidates that have it)."""
+    if name == "random":
+        return flags[rows].float().mean(1)
+    top = picker_scores[name][rows].argmax(1)
+    return flags[rows].gather(1, top[:, None])[:, 0].float()
+
+
 def pick_rates(flags: torch.Tensor, picker_scores: dict[str, torch.Tensor], rows: torch.Tensor, config: PickerConfig,
                oracle: bool = False) -> dict[str, dict]:
-    """Share of `rows` whose picked candidate has `flags` [n, K] set, per picker; "random" is the expected share of a
-    uniform pick; "oracle" (optional) is the share of lists where some candidate has it (an upper bound)."""
-    out = {}
-    for name in PICKERS:
-        if name == "random":
-            values = flags[rows].float().mean(1)
-        else:
-            top = picker_scores[name][rows].argmax(1)
-            values = flags[rows].gather(1, top[:, None])[:, 0].float()
-        out[name] = _rate(values.tolist(), config)
+    """Share of `rows` whose picked candidate has `flags` [n, K] set, per picker (`picked`); "oracle" (optional) is
+    the share of lists where some candidate has it (an upper bound)."""
+    out = {name: _rate(picked(flags, picker_scores, name, rows).tolist(), config) for name in PICKERS}
     if oracle:
         out["oracle"] = _rate(flags[rows].any(1).float().tolist(), config)
+    return out
+
+
+def paired_tests(lists: Lists, picker_scores: dict[str, torch.Tensor], config: PickerConfig) -> list[dict]:
+    """SRR against each baseline on the same lists, per measure (ranking accuracy on the mixed harmful test lists,
+    DSR on every harmful test list, over-refusal on XSTest's): the paired difference srr − baseline of the picked
+    candidate's flag with its interval (`stats.paired_difference`; for "random", whose flag is an expected share, the
+    mean difference with a bootstrap interval), how many lists only SRR's pick has the flag for and how many only
+    the baseline's, and the p-value (exact McNemar; for "random" the Wilcoxon signed-rank test)."""
+    measures = {"ranking_accuracy": (lists.safe, lists.where("test", harmful=True) & mixed(lists)),
+                "dsr": (lists.refused, lists.where("test", harmful=True))}
+    if XSTEST in lists.source:
+        measures["over_refusal"] = (lists.refused, lists.where(source=XSTEST))
+    ci = dict(samples=config.bootstrap_samples, confidence=config.confidence, seed=config.seed)
+    out = []
+    for measure, (flags, rows) in measures.items():
+        if not rows.any():
+            continue
+        srr = picked(flags, picker_scores, "srr", rows)
+        for baseline in (name for name in PICKERS if name != "srr"):
+            other = picked(flags, picker_scores, baseline, rows)
+            d = (srr - other).tolist()
+            if baseline == "random":
+                diff, test = mean_ci(d, **ci), signed_rank(d)
+                counts = {"srr_only": test["higher"], "baseline_only": test["lower"]}
+            else:
+                diff, test = paired_difference(other.bool().tolist(), srr.bool().tolist(), **ci), mcnemar_exact(
+                    other.bool().tolist(), srr.bool().tolist())
+                counts = {"srr_only": test["b_only"], "baseline_only": test["a_only"]}
+            out.append({"measure": measure, "baseline": baseline, "n": int(rows.sum()), "srr": float(srr.mean()),
+                        "baseline_rate": float(other.mean()), "difference": {k: diff[k] for k in ("value", "low", "high")},
+                        **counts, "p": test["p"]})
     return out
 
 
@@ -124,8 +159,8 @@ def layer_ablation(lists: Lists, config: PickerConfig) -> dict:
 
 
 def evaluate_model(lists: Lists, layer: int, config: PickerConfig) -> tuple[dict, dict[str, torch.Tensor] | None]:
-    """The counts and, when some training list is mixed, the ranker's training and `evaluate_lists`'s rates at
-    `layer`; also the scores per picker. With no mixed training list: `untrained` set and scores None."""
+    """The counts and, when some training list is mixed, the ranker's training, `evaluate_lists`'s rates at `layer`
+    and `paired_tests` ("paired"); also the scores per picker. With no mixed training list: `untrained` set and scores None."""
     out: dict = {"counts": counts(lists), "layer": layer}
     train = lists.where("train") & mixed(lists)
     if not train.any():
@@ -135,6 +170,7 @@ def evaluate_model(lists: Lists, layer: int, config: PickerConfig) -> tuple[dict
                        "loss_last": losses[-1]}
     picker_scores = scores(lists, layer, ranker, probe, config.likelihood)
     out.update(evaluate_lists(lists, picker_scores, config))
+    out["paired"] = paired_tests(lists, picker_scores, config)
     return out, picker_scores
 
 

@@ -336,7 +336,8 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     subspaces = read("07_safety_subspaces", "results.json")
     assert subspaces["weight_mso"] and subspaces["sample_sizes"]["dsr_prompts"] > 0
     srr = read("08_srr", "results.json")
-    assert set(srr["models"]) == {"base", "es2"}
+    assert list(srr["models"]) == ["base", *smoke.attacked_arms]  # SRR on top of each arm
+    assert "paired" in srr and all("p_holm" in r for r in srr["paired"])  # SRR against each baseline, Holm
     breaking = read("09_breaking_budgets", "results.json")  # every attack's breaking budgets per model, paired
     assert {(r["attack"], r["arm"]) for r in breaking["paired"]} == {
         (a, plots.model_label(m)) for a in ("RepE (band)", "RepE (ES2 layers)", "SCAV") for m in smoke.attacked_arms}

@@ -110,6 +110,27 @@ def test_ranker_learns_a_separable_signal_and_pick_rates():
 
 
 
+def test_paired_tests_count_the_lists_only_one_picker_gets_right():
+    """SRR against each baseline on the same lists: the counts of lists where only one pick is safe, the exact
+    McNemar p for one-pick baselines, and for "random" the difference from its expected share."""
+    safe = [[True, False]] * 10 + [[False, True]] * 10  # 20 mixed test lists
+    lists = hand_lists(safe, ["test"] * 20)
+    first, second = torch.tensor([[1.0, 0.0]] * 20), torch.tensor([[0.0, 1.0]] * 20)
+    srr = torch.tensor([[1.0, 0.0]] * 10 + [[0.0, 1.0]] * 10)  # always the safe one
+    rows = srr_pickers.paired_tests(lists, {"srr": srr, "likelihood": first, "probe": second}, config())
+    by = {(r["measure"], r["baseline"]): r for r in rows}
+    assert {m for m, _ in by} == {"ranking_accuracy", "dsr"}  # no XSTest lists here
+    likelihood = by[("ranking_accuracy", "likelihood")]
+    assert (likelihood["n"], likelihood["srr"], likelihood["baseline_rate"]) == (20, 1.0, 0.5)
+    assert (likelihood["srr_only"], likelihood["baseline_only"]) == (10, 0)
+    assert likelihood["difference"]["value"] == pytest.approx(0.5)
+    assert likelihood["p"] == pytest.approx(2 * 0.5 ** 10)  # exact McNemar: 10 discordant lists, all one way
+    random = by[("ranking_accuracy", "random")]
+    assert random["baseline_rate"] == pytest.approx(0.5) and random["srr_only"] == 20 and random["p"] < 1e-3
+    same = srr_pickers.paired_tests(lists, {"srr": srr, "likelihood": srr, "probe": srr}, config())
+    assert all(r["p"] == 1.0 and r["srr_only"] == r["baseline_only"] == 0 for r in same if r["baseline"] != "random")
+
+
 def test_figure_draws_from_results_read_back_from_json():
     """The figures stage redraws 08's figure from results.json: a trained model, an untrained one, the ablation."""
     safe = [[True, False, False, True], [False, True, False, False]] * 4
