@@ -53,7 +53,7 @@ def test_reference_nll_scored_alone_equals_the_drift_rows_nll(lively):
         base_rows = evaluate.response_nll(tuned, tokenizer, prompts, responses, batch_size=2)
     rows = drift.paired_nll(base_rows, evaluate.response_nll(tuned, tokenizer, prompts, responses, batch_size=2))
     expected = drift.harmless_drift(tuned, tokenizer, prompts[:2], responses[:2], batch_size=2)
-    assert len(rows) == 2 and rows[0]["nll_base"] != pytest.approx(rows[0]["nll_tuned"], rel=1e-3)
+    assert len(rows) == 2 and any(abs(r["nll_base"] - r["nll_tuned"]) > 1e-2 for r in rows)  # the adapter acts
     for got, want in zip(rows, expected):
         assert got["tokens"] == want["tokens"]
         assert got["nll_base"] == pytest.approx(want["nll_base"], rel=1e-4)
