@@ -109,8 +109,8 @@ def paired_tests(lists: Lists, picker_scores: dict[str, torch.Tensor], config: P
                 diff, test = mean_ci(d, **ci), signed_rank(d)
                 counts = {"srr_only": test["higher"], "baseline_only": test["lower"]}
             else:
-                diff, test = paired_difference(other.bool().tolist(), srr.bool().tolist(), **ci), mcnemar_exact(
-                    other.bool().tolist(), srr.bool().tolist())
+                a, b = other.bool().tolist(), srr.bool().tolist()
+                diff, test = paired_difference(a, b, **ci), mcnemar_exact(a, b)
                 counts = {"srr_only": test["b_only"], "baseline_only": test["a_only"]}
             out.append({"measure": measure, "baseline": baseline, "n": int(rows.sum()), "srr": float(srr.mean()),
                         "baseline_rate": float(other.mean()), "difference": {k: diff[k] for k in ("value", "low", "high")},
@@ -160,7 +160,8 @@ def layer_ablation(lists: Lists, config: PickerConfig) -> dict:
 
 def evaluate_model(lists: Lists, layer: int, config: PickerConfig) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """The counts and, when some training list is mixed, the ranker's training, `evaluate_lists`'s rates at `layer`
-    and `paired_tests` ("paired"); also the scores per picker. With no mixed training list: `untrained` set and scores None."""
+    and `paired_tests` ("paired"); also the scores per picker. With no mixed training list: `untrained` set and
+    scores None."""
     out: dict = {"counts": counts(lists), "layer": layer}
     train = lists.where("train") & mixed(lists)
     if not train.any():
