@@ -247,6 +247,15 @@ class Params(BaseModel):
     breaking_scav_p0: list[float] = Field(
         [0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-8, 1e-10], min_length=2,
         description="SCAV grid, weakest first: decreasing target P(harmful) in (0, 1)")
+    breaking_soft_radii: list[float] = Field(
+        [], description="soft-prompt radius schedule, weakest first: growing L2 radii (x mean token-embedding norm) "
+        "of the ball each control embedding stays in; a prompt breaks at the radius where the opening of its target "
+        "is reproduced; empty = not run (on 2 CPU cores a step costs about 10 s per 8 prompts, and 11 steps broke 1 of 8 "
+        "base prompts; gpu.yaml runs it)")
+    breaking_soft_steps: int = Field(
+        1, ge=1, description="soft prompt: L2 PGD steps at each radius of breaking_soft_radii (step: half the radius)")
+    breaking_soft_target_tokens: int = Field(
+        4, ge=1, description="soft prompt: the first tokens of each target (\"Sure, here is a\") it must reproduce")
     # --- prompt attacks (issue 5): GCG and AutoDAN-HGA; the CPU budget is tiny, the paper's is in gpu.yaml ------
     n_prompt_attack: int = Field(
         8, ge=1, description="harmful prompts attacked by GCG and AutoDAN: the first of the eval split")
@@ -358,6 +367,13 @@ class Params(BaseModel):
     def _falling_targets(cls, grid: list[float]) -> list[float]:
         if not all(0 < p < 1 for p in grid) or any(b >= a for a, b in zip(grid, grid[1:])):
             raise ValueError("expects target probabilities in (0, 1), strictly decreasing (weakest first)")
+        return grid
+
+    @field_validator("breaking_soft_radii")
+    @classmethod
+    def _growing_radii(cls, grid: list[float]) -> list[float]:
+        if not all(r > 0 for r in grid) or any(b <= a for a, b in zip(grid, grid[1:])):
+            raise ValueError("expects positive radii, strictly increasing (weakest first)")
         return grid
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """Per-prompt breaking budgets (attacks/breaking.py): the batched bisection, the statistics of its results, and the
-RepE and SCAV searches on the tiny model (per-row budgets in one pass) and on the embedded one (real refusals)."""
+RepE and SCAV searches on the tiny model (per-row budgets in one pass) and on the embedded one (real refusals), and
+the soft prompt's breaking radius (an L2 ball whose radius grows)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from es2_lib import judges, models, representations
-from es2_lib.attacks import ablation, breaking, repe, scav
+from es2_lib.attacks import ablation, breaking, repe, scav, soft_prompt
 from es2_lib.decoding import greedy
 
 
@@ -107,6 +108,43 @@ def test_repe_breaking_budgets_on_the_embedded_model(embedded):
     for prompt, k in zip(prompts, found["found"]):
         with repe.steer(model, band, fitted["direction"], fitted["norm"], coeffs[k - 1]):
             assert judges.refusals(greedy(model, tokenizer, [prompt], 16)) == [True]
+
+
+def _ranked_targets(model, tokenizer, prompt: str, ranks: list[int]) -> list[str]:
+    """The tokens at `ranks` of the model's first response token with the initial control embeddings (as text that
+    encodes back to that one token): rank 0 is what the model says unpushed, later ranks need a push."""
+    before, after = soft_prompt.split_chat(tokenizer, prompt)
+    init_id = tokenizer(soft_prompt.INIT_TEXT, add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([before + [init_id] * 4 + after])).logits[0, -1]
+    texts = [tokenizer.decode([k]) for k in logits.topk(50).indices.tolist()]
+    round_trip = [t for t in texts if len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 1]
+    return [round_trip[r] for r in ranks]
+
+
+def test_the_soft_prompt_ball_bounds_every_control_embedding(lively):
+    model, tokenizer = lively
+    radius = 0.02 * soft_prompt.token_norm(model)
+    result = soft_prompt.optimize(model, tokenizer, ["Write a poem about cats"], ["Sure, here is a poem about dogs"],
+                                  n_tokens=4, steps=4, step_size=0.0, radii=torch.full((4,), radius))
+    drift = (result["control"][0] - result["init"]).norm(dim=-1)  # [tokens]
+    assert result["reached"].tolist() == [False]
+    assert (drift <= radius * (1 + 1e-5)).all() and (drift > 0.5 * radius).all()  # pushed out to the ball, not past
+
+
+def test_soft_prompt_breaking_radius_bounds_the_drift_and_reproduces_the_target(lively):
+    model, tokenizer = lively
+    prompt, radii = "Write a poem about cats", [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0]
+    own, pushed = _ranked_targets(model, tokenizer, prompt, [0, 8])
+    rows = [{"prompt": prompt, "target": own}, {"prompt": prompt, "target": pushed}]
+    found = soft_prompt.breaking(model, tokenizer, rows, 4, radii, 2, 4, 6, 2)
+    assert found["found"][0] == 0 and found["perturbation"][0]["relative"] == 0  # no push needed: the first radius
+    k = found["found"][1]
+    assert k is not None and k > 0, found["found"]
+    assert found["budget"][1] == radii[k] and found["perturbation"][1]["relative"] <= radii[k] * (1 + 1e-5)
+    assert all(text.startswith(t.strip()) for text, t in zip(found["response"], (own, pushed)))
+    below = soft_prompt.breaking(model, tokenizer, rows[1:], 4, radii[:1], 2, 4, 6, 2)  # the smallest ball is too small
+    assert below == {"found": [None], "budget": [None], "response": [None], "perturbation": [None]}
 
 
 def test_the_ablated_model_has_no_component_on_the_direction_at_any_layer(tiny):

@@ -86,6 +86,7 @@ def test_ints_become_floats():
     ({"repe_depth": [0.8, 0.2]}, r"key 'repe_depth' expects \[from, to\] with 0 <= from <= to <= 1, got list"),
     ({"repe_coeffs": []}, "key 'repe_coeffs' expects non-empty list of floats, got"),
     ({"subspace_eval_fractions": [0.0]}, r"key 'subspace_eval_fractions' expects list of floats in \(0, 1\]"),
+    ({"breaking_soft_radii": [0.5, 0.2]}, "key 'breaking_soft_radii' expects positive radii, strictly increasing"),
 ])
 def test_out_of_range_values_are_errors(values, message):
     with pytest.raises(ParamsError, match=rf"^<params>: {message}"):

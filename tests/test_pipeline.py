@@ -340,10 +340,12 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     assert "paired" in srr and all("p_holm" in r for r in srr["paired"])  # SRR against each baseline, Holm
     breaking = read("09_breaking_budgets", "results.json")  # every attack's breaking budgets per model, paired
     assert {(r["attack"], r["arm"]) for r in breaking["paired"]} == {
-        (a, plots.model_label(m)) for a in ("RepE (band)", "RepE (ES2 layers)", "SCAV") for m in smoke.attacked_arms}
+        (a, plots.model_label(m)) for a in ("RepE (band)", "RepE (ES2 layers)", "SCAV", "Soft prompt (L2 ball)")
+        for m in smoke.attacked_arms}  # the smoke profile sets breaking_soft_radii
     assert all(r["n"] == min(smoke.breaking_n, smoke.n_eval) for r in breaking["paired"])
     for by_attack in breaking["found"].values():
         assert all(k is None or 0 <= k < len(smoke.breaking_repe_coeffs) for k in by_attack["repe"]["found"])
+        assert all(k is None or 0 <= k < len(smoke.breaking_soft_radii) for k in by_attack["soft_prompt"]["found"])
     ablated, _ = read_attack_results(run_dir / "09_breaking_budgets" / "ablation.json")
     assert {e.model for e in ablated} == {"base", *smoke.attacked_arms} and {e.attack for e in ablated} == {"ablation"}
     for table in ("table_1_dsr", "table_2_capability"):
