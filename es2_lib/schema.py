@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 Fraction = Annotated[float, Field(gt=0, le=1)]  # a share of a rank, of an energy or of the depth L
 Depth = Annotated[float, Field(ge=0, le=1)]  # a position in the layer stack as a fraction of the depth L
 Arm = Literal["es2", "es2_retain", "stl", "rr"]  # the training arms of stage 02 (trainer.ARMS)
-SrrSource = Literal["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"]
+SrrSource = Literal["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks", "malicious_instruct",
+                    "i_malicious_instructions", "q_harm"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a run name is one folder name: no separators, no "..", not empty
 DEVICE_PATTERN = r"^(cpu|auto|cuda|cuda:[0-9]+|mps)$"
 PATTERN_WORDS = {  # what each pattern accepts, in words (for the error messages of params.py)
@@ -319,7 +320,8 @@ class Params(BaseModel):
     # --- SRR (issue 9): Safety Representation Ranking, Du et al. 2025 ------------------------------------------
     srr_sources: list[SrrSource] = Field(
         ["harmful_train", "harmful_eval", "jailbroken", "prompt_attacks"], min_length=1,
-        description="harmful prompt sources: probe_train, eval, hidden-context jailbreaks, stage 04's attack prompts")
+        description="harmful prompt sources: probe_train, eval, hidden-context jailbreaks, stage 04's attack prompts, "
+        "or a bundled out-of-distribution set (malicious_instruct, i_malicious_instructions, q_harm)")
     srr_n_per_source: int = Field(8, ge=0, description="prompts per source, seeded subset (0 = all)")
     srr_train_per_source: int = Field(
         4, ge=0, description="prompts per source whose lists train the ranker (the paper uses 50); the rest test it")

@@ -335,9 +335,13 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     assert {"i_physical_safety_safe_over_refusal", "alpaca_reference_nll"} <= set(capability["verdict"]["measures"])
     subspaces = read("07_safety_subspaces", "results.json")
     assert subspaces["weight_mso"] and subspaces["sample_sizes"]["dsr_prompts"] > 0
+    assert {(r["arm"], r["attack"]) for r in subspaces["survival"]} == {  # each arm before vs after a benign FT
+        (plots.model_label(m), a) for m in smoke.attacked_arms for a in ("no attack", "SCAV")}
+    assert set(subspaces["benign"]) == {"base", *smoke.attacked_arms, *(f"{m}+benign" for m in smoke.attacked_arms)}
     srr = read("08_srr", "results.json")
     assert list(srr["models"]) == ["base", *smoke.attacked_arms]  # SRR on top of each arm
     assert "paired" in srr and all("p_holm" in r for r in srr["paired"])  # SRR against each baseline, Holm
+    assert srr["settings"]["prompts"]["base"]["malicious_instruct"]["used"] == smoke.srr_n_per_source  # a bundled OOD set
     breaking = read("09_breaking_budgets", "results.json")  # every attack's breaking budgets per model, paired
     assert {(r["attack"], r["arm"]) for r in breaking["paired"]} == {
         (a, plots.model_label(m)) for a in ("RepE (band)", "RepE (ES2 layers)", "SCAV", "Soft prompt (L2 ball)")

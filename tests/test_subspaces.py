@@ -238,8 +238,12 @@ def test_figures_draw_from_results_read_back_from_json():
     fig = subspace_plots.activation_mso_figure(activation, [18, 22], 8)
     assert [len(ax.lines) for ax in fig.axes] == [4, 4] and "layers 18–22" in fig.axes[0].get_title()
     rate = {"dsr": {"value": 0.5, "low": 0.25, "high": 0.75}, "n": 8}
+    models = ("base", "es2", "es2+benign", "stl", "stl+benign")  # every arm before and after its benign fine-tune
     benign = {m: {"separation": {k: {"1": 1.0 + i, "24": 2.0} for k in ("centroid_distance", "fisher")},
-                  "dsr_none": rate, "dsr_scav": rate} for i, m in enumerate(("base", "es2", "es2+benign"))}
+                  "dsr_none": rate, "dsr_scav": rate} for i, m in enumerate(models)}
     axes = subspace_plots.benign_figure(json.loads(json.dumps(benign)), [1, 24]).axes
-    assert [p.get_height() for p in axes[0].patches[:2]] == [1.0, 2.0] and len(axes[2].patches) == 6
+    assert [p.get_height() for p in axes[0].patches[:2]] == [1.0, 2.0] and len(axes[2].patches) == 2 * len(models)
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == [
+        "base", "ES2", "ES2 + benign FT", "STL", "STL + benign FT"]
+    assert [bool(p.get_hatch()) for p in axes[0].patches[::2]] == [False, False, True, False, True]
     assert "8 prompts" in axes[2].get_title()

@@ -1,5 +1,5 @@
 """Figures of stage 07, the safety-subspace tests of Ponkshe et al. 2025 (arXiv 2505.14185): weight-space and
-activation-space MSO against the energy fraction, and ES2 before and after a benign fine-tune. They draw from the
+activation-space MSO against the energy fraction, and each arm before and after a benign fine-tune. They draw from the
 records of 07's results.json, so the figures stage redraws them (docs/architecture.md, "Related systems").
 """
 
@@ -9,9 +9,15 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from . import MODEL_COLORS, MODEL_LABELS
+from . import MODEL_COLORS, MODEL_LABELS, model_label
 
-BENIGN_NAMES = {"base": "base", "es2": "ES2", "es2+benign": "ES2 + benign FT"}
+BENIGN = "+benign"  # suffix of a model fine-tuned benignly on top of an arm ("es2+benign")
+
+
+def benign_name(model: str) -> str:
+    """Display name of a model of 07's benign fine-tune test: "ES2", "ES2 + benign FT"."""
+    arm = model.removesuffix(BENIGN)
+    return model_label(arm) + (" + benign FT" if model.endswith(BENIGN) else "")
 
 
 def weight_mso_figure(weight_mso: Sequence[dict]) -> Figure:
@@ -53,22 +59,24 @@ def activation_mso_figure(activation_mso: Sequence[dict], layers: Sequence[int],
 
 
 def benign_figure(benign: dict[str, dict], es2_layers: Sequence[int]) -> Figure:
-    """Separation at the ES2 layers and DSR (no attack, SCAV) of base, ES2 and ES2 after a benign fine-tune.
-    benign: {model: {"separation": {metric: {layer: value}}, "dsr_none": summary, "dsr_scav": summary}}; layer keys
-    may be strings (as read back from JSON)."""
-    colors = {"base": MODEL_COLORS["base"], "es2": MODEL_COLORS["es2"], "es2+benign": "tab:cyan"}
+    """Separation at the ES2 layers and DSR (no attack, SCAV) of base and each arm before and after a benign
+    fine-tune (hatched: "<arm>+benign"). benign: {model: {"separation": {metric: {layer: value}}, "dsr_none":
+    summary, "dsr_scav": summary}}; layer keys may be strings (as read back from JSON)."""
     fig = Figure(figsize=(10, 3.4))
     axes = fig.subplots(1, 3)
     at = lambda values, layer: {str(k): v for k, v in values.items()}[str(layer)]
+    width = 0.8 / len(benign)
     for i, (which, b) in enumerate(benign.items()):
-        x = [j + 0.27 * (i - 1) for j in range(len(es2_layers))]
+        offset = width * (i - (len(benign) - 1) / 2)
+        style = dict(color=MODEL_COLORS.get(which.removesuffix(BENIGN), "tab:purple"),
+                     hatch="//" if which.endswith(BENIGN) else None, edgecolor="white")
+        x = [j + offset for j in range(len(es2_layers))]
         for ax, metric in zip(axes, ("centroid_distance", "fisher")):
-            ax.bar(x, [at(b["separation"][metric], l) for l in es2_layers], 0.27, color=colors[which],
-                   label=BENIGN_NAMES[which])
+            ax.bar(x, [at(b["separation"][metric], l) for l in es2_layers], width, label=benign_name(which), **style)
         for j, key in enumerate(("dsr_none", "dsr_scav")):
             d = b[key]["dsr"]
-            axes[2].bar(j + 0.27 * (i - 1), d["value"], 0.27, yerr=[[d["value"] - d["low"]], [d["high"] - d["value"]]],
-                        capsize=2, color=colors[which])
+            axes[2].bar(j + offset, d["value"], width, yerr=[[d["value"] - d["low"]], [d["high"] - d["value"]]],
+                        capsize=2, **style)
     for ax, title in zip(axes[:2], ("centroid distance / base mean norm", "Fisher ratio")):
         ax.set(xticks=range(len(es2_layers)), xticklabels=[f"layer {l}" for l in es2_layers], title=title)
     n = next(iter(benign.values()))["dsr_scav"]["n"]
