@@ -307,7 +307,11 @@ class Params(BaseModel):
         [0.01, 0.25, 0.5, 0.75, 0.99],
         description="projection fractions whose projected models are evaluated (a subset of those)")
     subspace_n_eval_dsr: int = Field(
-        8, ge=1, description="harmful eval prompts (the first of the eval split) for the DSRs of this stage")
+        8, ge=1, description="harmful eval prompts (the first of the eval split) for the DSRs of this stage's "
+        "projection test (each of its ~24 models)")
+    subspace_n_survival: int = Field(
+        50, ge=1, description="harmful eval prompts (the first of the eval split, all of it if n_eval is smaller) on "
+        "which 07 compares each arm before and after its benign fine-tune (no attack and SCAV, paired)")
     subspace_max_new_tokens: int = Field(24, ge=1, description="greedy response length for the DSRs of this stage")
     subspace_mmlu_per_category: int = Field(
         1, ge=1, description="MMLU-Pro questions per category (14 categories) for each evaluated model")
