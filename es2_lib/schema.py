@@ -319,6 +319,9 @@ class Params(BaseModel):
         24, ge=2, description="harmful and useful (Code Alpaca) prompts each, for activation MSO")
     subspace_activation_depth: list[Depth] = Field(
         [0.65, 0.9], min_length=2, max_length=2, description="decoder layers at these fractions of depth [from, to]")
+    subspace_activation_centred: bool = Field(
+        True, description="activation MSO on each prompt set's states less its own mean (their variation), not on "
+        "the raw states, whose low-rank bases are the mean direction")
     subspace_benign_ft_steps: int = Field(
         8, ge=1, description="benign Code Alpaca fine-tune of the ES2 model: steps of subspace_sft_batch_size pairs")
     # --- SRR (issue 9): Safety Representation Ranking, Du et al. 2025 ------------------------------------------

@@ -90,6 +90,31 @@ def test_energy_and_projection_ranks():
         mso.energy_rank(s, 0.0)
 
 
+def test_random_band_bounds_the_mso_of_random_subspaces_and_not_a_shared_one():
+    d, k_a, k_b = 64, 4, 6
+    values = [mso.mso(orthonormal(d, k_a, 2 * t), orthonormal(d, k_b, 2 * t + 1)) for t in range(200)]
+    high = mso.random_band(k_a, k_b, d)
+    assert mso.random_mso(k_a, k_b, d) < high < 1
+    assert 0.88 <= sum(v <= high for v in values) / len(values) <= 0.99  # about 95 % of random pairs fall below
+    shared = orthonormal(d, k_b, 0)
+    assert mso.mso(shared[:, :k_a], shared) > high
+
+
+def test_centred_activation_overlap_sees_the_variation_not_the_shared_mean():
+    """Two groups that vary in orthogonal directions around one large shared mean: uncentred, each low-rank basis
+    is the mean direction and the MSO is near 1; centred, the bases are the orthogonal variations, MSO near 0."""
+    g = torch.Generator().manual_seed(0)
+    axes = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
+    mean = 20 * axes[:, 0]
+    x = mean + torch.randn(30, 1, generator=g) * axes[:, 1] + 0.5 * torch.randn(30, 1, generator=g) * axes[:, 2]
+    y = mean + torch.randn(30, 1, generator=g) * axes[:, 3] + 0.5 * torch.randn(30, 1, generator=g) * axes[:, 4]
+    groups = {"x": x[:, None], "y": y[:, None]}
+    raw, = mso.activation_overlap(groups, [("x", "y")], [1], [0.9])
+    centred, = mso.activation_overlap(groups, [("x", "y")], [1], [0.9], centred=True)
+    assert raw["mso"] > 0.9 > raw["random_high"] and centred["mso"] < 0.05
+    assert centred["k_a"] >= 1 and raw["k_a"] == 1
+
+
 def test_weight_overlap_rows_and_baseline():
     shared = orthonormal(24, 4, 0)
     a = {"m": (shared @ torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0])), torch.randn(4, 16))}
