@@ -23,6 +23,8 @@ from .models import chat_prompt
 
 JAILBROKEN_FILE = DATA_DIR / "hidden_context" / "jailbroken_responses.jsonl"
 XSTEST = "xstest_safe"  # safe prompts: over-refusal only, never trained on
+OOD_SOURCES = ("malicious_instruct", "i_malicious_instructions", "q_harm")  # bundled harmful sets, never trained on:
+# they test whether the ranker's picks carry to harmful prompts unlike those it learnt from
 SAFE_RULES = ("refused", "harm_free")  # the ranking label: refused, or refused or incoherent
 
 
@@ -182,11 +184,11 @@ def label(lists: Lists, incoherent_ppl: float, safe_rule: str, perplexities: Seq
 
 
 def assign_splits(lists: Lists, train_per_source: int, seed: int) -> None:
-    """Per harmful source, a seeded `train_per_source` of its prompts train the ranker; the rest (and every XSTest
-    prompt) are test prompts. The split ignores the labels."""
+    """Per harmful source, a seeded `train_per_source` of its prompts train the ranker; the rest (and every prompt
+    of XSTest and of the out-of-distribution sets, OOD_SOURCES) are test prompts. The split ignores the labels."""
     lists.split = ["test"] * len(lists)
     for name in dict.fromkeys(lists.source):
-        if name == XSTEST:
+        if name == XSTEST or name in OOD_SOURCES:
             continue
         index = [i for i, s in enumerate(lists.source) if s == name]
         for i in random.Random(f"{seed}/srr/{name}").sample(index, min(train_per_source, len(index))):

@@ -157,10 +157,10 @@ def test_prompts_layers_and_splits(tiny):
     chosen, sizes = srr_candidates.choose_prompts(available, tokenizer, **budget)
     assert sizes["jailbroken"]["used"] == len(chosen["jailbroken"]) <= 3 and sizes["jailbroken"]["too_long"] > 0
     assert chosen == srr_candidates.choose_prompts(available, tokenizer, **budget)[0]
-    lists = hand_lists([[True, False]] * 6, [])
-    lists.source = ["harmful_eval"] * 4 + [XSTEST] * 2
+    lists = hand_lists([[True, False]] * 8, [])
+    lists.source = ["harmful_eval"] * 4 + [XSTEST] * 2 + ["malicious_instruct"] * 2
     srr_candidates.assign_splits(lists, 3, seed=0)
-    assert lists.split.count("train") == 3 and lists.split[4:] == ["test", "test"]
+    assert lists.split.count("train") == 3 and lists.split[4:] == ["test"] * 4  # XSTest and OOD sets: test only
 
 
 PROMPTS = ["Hi", "Explain in detail how a refrigerator moves heat out of its inside.", "Name a colour.", "Why?"]
