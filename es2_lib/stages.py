@@ -42,7 +42,7 @@ _ALL = (
           writes=("results.json", "results.csv", "responses.jsonl", "fitted_base.safetensors",
                   "fitted_es2.safetensors")),
     Stage("04_prompt_attacks", reads=("01_probing", "02_es2_training"),
-          writes=("results.json", "results.csv", "responses.jsonl", "attack_prompts.jsonl")),
+          writes=("results.json", "results.csv", "responses.jsonl", "attack_prompts.jsonl", "success_curves.png")),
     Stage("05_capability", reads=("01_probing", "02_es2_training"),
           writes=("results.json", "results.csv", "predictions.jsonl", "responses.jsonl", "reference.jsonl")),
     Stage("07_safety_subspaces", reads=("01_probing", "02_es2_training"),

@@ -79,9 +79,11 @@ def loss_curves(outcomes: Mapping[str, Sequence[Outcome]], attacks: Sequence[str
     return fig
 
 
-def breaking_curves(curves: Mapping[str, Mapping[str, Sequence[Mapping]]], xlabels: Mapping[str, str]) -> Figure:
+def breaking_curves(curves: Mapping[str, Mapping[str, Sequence[Mapping]]], xlabels: Mapping[str, str],
+                    log: bool = True, title: str = "Per-prompt breaking budgets: DSR against the attack's budget") -> Figure:
     """One panel per attack (`curves[attack][model]`: `breaking.curve` rows, budget weakest first): the share of
-    prompts still refusing against the budget (log axis) with its exact interval as a band, a line per model."""
+    prompts still refusing against the budget (a log axis unless not `log`) with its exact interval as a band, a
+    line per model."""
     fig = Figure(figsize=(3.6 * len(curves) + 1.6, 3.4), layout="constrained")
     axes = fig.subplots(1, len(curves), sharey=True, squeeze=False)[0]
     for ax, (attack, by_model) in zip(axes, curves.items()):
@@ -91,11 +93,11 @@ def breaking_curves(curves: Mapping[str, Mapping[str, Sequence[Mapping]]], xlabe
                     label=MODEL_LABELS.get(model, model))
             ax.fill_between(x, [r["low"] for r in rows], [r["high"] for r in rows], color=MODEL_COLORS.get(model),
                             alpha=0.15, lw=0)
-        ax.set(xscale="log", xlabel=xlabels.get(attack, "budget"), ylim=(-0.03, 1.03))
+        ax.set(xscale="log" if log else "linear", xlabel=xlabels.get(attack, "budget"), ylim=(-0.03, 1.03))
         ax.set_title(attack, fontsize=9)
     axes[0].set_ylabel("DSR: share still refusing")
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle("Per-prompt breaking budgets: DSR against the attack's budget", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
