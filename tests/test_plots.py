@@ -204,8 +204,8 @@ def test_stage_status(tmp_path, tiny_params):
     status = tables.stage_status(run, ["03_embedding_attacks", "04_prompt_attacks", "05_capability"])
     assert status.to_dict("records") == [
         {"stage": "03_embedding_attacks", "results": plots.NOT_RUN, "manifest status": "–", "wall time (s)": "–"},
-        {"stage": "04_prompt_attacks", "results": "partial, lacks responses.jsonl, attack_prompts.jsonl",
-         "manifest status": "–", "wall time (s)": "–"},
+        {"stage": "04_prompt_attacks", "manifest status": "–", "wall time (s)": "–",
+         "results": "partial, lacks responses.jsonl, attack_prompts.jsonl, success_curves.png"},
         {"stage": "05_capability", "results": "found", "manifest status": "done", "wall time (s)": "12"}]
 
 
