@@ -336,7 +336,8 @@ def check_stage_results(run_dir: Path, figures_dir: Path) -> None:
     subspaces = read("07_safety_subspaces", "results.json")
     assert subspaces["weight_mso"] and subspaces["sample_sizes"]["dsr_prompts"] > 0
     assert {(r["arm"], r["attack"]) for r in subspaces["survival"]} == {  # each arm before vs after a benign FT
-        (plots.model_label(m), a) for m in smoke.attacked_arms for a in ("no attack", "SCAV")}
+        ("base + harmful FT (check)", "no attack"),
+        *((plots.model_label(m), a) for m in smoke.attacked_arms for a in ("no attack", "SCAV"))}
     assert set(subspaces["benign"]) == {"base", *smoke.attacked_arms, *(f"{m}+benign" for m in smoke.attacked_arms)}
     srr = read("08_srr", "results.json")
     assert list(srr["models"]) == ["base", *smoke.attacked_arms]  # SRR on top of each arm
