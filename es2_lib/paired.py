@@ -4,7 +4,7 @@ difference, the exact McNemar test, and Holm's correction across every test of t
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from . import judges, stats
 
@@ -17,6 +17,13 @@ def reported_flags(responses: Iterable[Mapping], settings: Mapping[tuple[str, st
         if key in settings and r["setting"] == settings[key]:
             out.setdefault(key, {})[r["prompt"]] = r
     return out
+
+
+def compare(a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95) -> dict:
+    """Two flag lists on the same items (a: the reference): {"n", "reference_rate", "rate" (exact intervals),
+    "difference" (b's share minus a's), "mcnemar" (exact test)}."""
+    return {"n": len(a), "reference_rate": stats.exact_rate(a, confidence), "rate": stats.exact_rate(b, confidence),
+            "difference": (sum(b) - sum(a)) / len(a), "mcnemar": stats.mcnemar_exact(a, b)}
 
 
 def paired_table(responses: Iterable[Mapping], settings: Mapping[tuple[str, str], str], reference: str = "base",
@@ -34,9 +41,8 @@ def paired_table(responses: Iterable[Mapping], settings: Mapping[tuple[str, str]
             continue
         for judge, field in judges.FLAG_FIELDS.items():
             a, b = [bool(base[p][field]) for p in shared], [bool(by_prompt[p][field]) for p in shared]
-            rows.append({"attack": attack, "model": model, "reference": reference, "judge": judge, "n": len(shared),
-                         "reference_rate": stats.exact_rate(a, confidence), "rate": stats.exact_rate(b, confidence),
-                         "difference": (sum(b) - sum(a)) / len(shared), "mcnemar": stats.mcnemar_exact(a, b)})
+            rows.append({"attack": attack, "model": model, "reference": reference, "judge": judge,
+                         **compare(a, b, confidence)})
     for row, corrected in zip(rows, stats.holm([r["mcnemar"]["p"] for r in rows], alpha)):
         row["holm"] = corrected
     return rows
