@@ -1,6 +1,7 @@
-"""Supervised fine-tuning that returns its weight update: the "useful" (Code Alpaca), "harmful" (jailbroken
-responses) and benign updates whose subspaces Ponkshe et al. 2025 (arXiv 2505.14185) compare with ES2's, and the
-seeded, disjoint draws of the (prompt, response) pairs they train on. See docs/architecture.md, "Related systems".
+"""Supervised fine-tuning that returns its weight update: the "useful" (Code Alpaca), "harmful" (affirmative targets or
+jailbroken responses) and benign updates whose subspaces Ponkshe et al. 2025 (arXiv 2505.14185) compare with ES2's,
+and the seeded, disjoint draws of the (prompt, response) pairs they train on. See docs/architecture.md, "Related
+systems".
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ def draw_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[dict], sizes:
         draws[name] = usable[start:] if n is None else usable[start:start + n]
         start += len(draws[name])
     return draws
+
+
+def target_pairs(rows: Sequence[dict], where: str) -> list[dict]:
+    """{prompt, response} pairs of harmful prompts and their affirmative targets ("Sure, here is ..."): the harmful
+    fine-tuning attack (Qi et al. 2023) in its shortest form, the model learns to open compliantly and goes on by
+    itself. `where` names the rows in the error raised when one has no target."""
+    missing = [r["prompt"] for r in rows if not r.get("target")]
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} of {len(rows)} prompts have no target (the first: "
+                         f"{missing[0][:60]!r}); give the prompt file a 'target' column or set "
+                         "subspace_harmful_pairs: hidden_context")
+    return [{"prompt": r["prompt"], "response": r["target"]} for r in rows]
 
 
 def fine_tune(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[dict],

@@ -293,7 +293,14 @@ class Params(BaseModel):
     subspace_sft_batch_size: int = Field(
         2, ge=1, description="pairs per fine-tuning step (also of the benign fine-tune)")
     subspace_sft_lr: float = Field(
-        1e-3, gt=0, description="AdamW learning rate (constant) of every fine-tune of this stage")
+        1e-3, gt=0, description="AdamW learning rate (constant) of the useful and the benign fine-tunes")
+    subspace_harmful_pairs: Literal["targets", "hidden_context"] = Field(
+        "targets", description="the harmful fine-tune's pairs: the harmful es2_train prompts with their affirmative "
+        "targets ('Sure, here is ...'; prompts without one are an error), or hidden_context's jailbreak prompts with "
+        "their unsafe GPT-4 responses (mostly obfuscated; on the default model they do not lower DSR)")
+    subspace_harmful_lr: float = Field(
+        2e-4, gt=0, description="AdamW learning rate of the harmful fine-tune (on the default model, at 1e-3 the "
+        "targets make it loop 'Sure, here is ...'; at 2e-4 it goes on to comply)")
     subspace_sft_response_tokens: int = Field(
         32, ge=1, description="response tokens scored per pair (cross-entropy on the response only)")
     subspace_sft_prompt_tokens: int = Field(
