@@ -295,7 +295,7 @@ class Params(BaseModel):
     subspace_sft_lr: float = Field(
         1e-3, gt=0, description="AdamW learning rate (constant) of the useful and the benign fine-tunes")
     subspace_harmful_pairs: Literal["targets", "hidden_context"] = Field(
-        "targets", description="the harmful fine-tune's pairs: the harmful es2_train prompts with their affirmative "
+        "targets", description="the harmful fine-tune's pairs: the harmful probe_train prompts with their affirmative "
         "targets ('Sure, here is ...'; prompts without one are an error), or hidden_context's jailbreak prompts with "
         "their unsafe GPT-4 responses (mostly obfuscated; on the default model they do not lower DSR)")
     subspace_harmful_lr: float = Field(
