@@ -15,7 +15,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from . import judges, models, objective
+from . import data, judges, models, objective
 from .progress import progress as progress_bar
 from .weight_updates import Update, full_update, lora_update
 
@@ -46,16 +46,13 @@ def draw_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[dict], sizes:
     return draws
 
 
-def target_pairs(rows: Sequence[dict], where: str) -> list[dict]:
+def target_pairs(rows: Sequence[dict], what: str) -> list[dict]:
     """{prompt, response} pairs of harmful prompts and their affirmative targets ("Sure, here is ..."): the harmful
     fine-tuning attack (Qi et al. 2023) in its shortest form, the model learns to open compliantly and goes on by
-    itself. `where` names the rows in the error raised when one has no target."""
-    missing = [r["prompt"] for r in rows if not r.get("target")]
-    if missing:
-        raise ValueError(f"{where}: {len(missing)} of {len(rows)} prompts have no target (the first: "
-                         f"{missing[0][:60]!r}); give the prompt file a 'target' column or set "
-                         "subspace_harmful_pairs: hidden_context")
-    return [{"prompt": r["prompt"], "response": r["target"]} for r in rows]
+    itself. A row without a target is a DataError naming `what`."""
+    checked = data.with_targets(list(rows), what, "give the prompt file a 'target' column or set "
+                                "subspace_harmful_pairs: hidden_context")
+    return [{"prompt": r["prompt"], "response": r["target"]} for r in checked]
 
 
 def fine_tune(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[dict],

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from .. import decoding
+from .. import data, decoding
 from ..generation import generate
 from ..judges import is_refusal
 from ..models import chat_prompt, decoder_and_head
@@ -145,11 +145,7 @@ def search_summary(extra: dict) -> dict:
 
 def with_targets(rows: list[dict]) -> list[dict]:
     """`rows` {"prompt", "target"}, checked: a prompt attack optimises toward each row's own target."""
-    missing = [row["prompt"] for row in rows if "target" not in row]
-    if missing:
-        raise ValueError(f"{len(missing)} attacked prompts have no target (AdvBench rows have one), e.g. "
-                         f"{missing[0]!r}")
-    return rows
+    return data.with_targets(rows, "the attacked prompts", "give the prompt file a 'target' column")
 
 
 def attack_prompt_rows(model_name: str, outcomes: list[Outcome], rows: list[dict]) -> list[dict]:
