@@ -220,7 +220,6 @@ def first(rows: list[dict], n: int, key: str, what: str) -> list[dict]:
     return rows[:n]
 
 
-
 def with_targets(rows: list[dict], what: str, remedy: str) -> list[dict]:
     """`rows`, checked to each have a non-empty "target" (AdvBench rows have one), else a DataError naming `what`
     (e.g. "the harmful probe_train split"), how many lack one, the first of them and `remedy`."""
@@ -229,6 +228,7 @@ def with_targets(rows: list[dict], what: str, remedy: str) -> list[dict]:
         raise DataError(f"{what}: {len(missing)} of {len(rows)} prompts have no target (the first: "
                         f"{missing[0][:60]!r}); {remedy}")
     return rows
+
 
 # --- instruction -> response pairs for fine-tuning (safety subspaces; ES2's refusal retain term) -----------------
 
