@@ -311,11 +311,11 @@ class Params(BaseModel):
         [0.01, 0.25, 0.5, 0.75, 0.99], min_length=1,
         description="k = ceil(fraction x rank) of ES2's singular directions")
     subspace_eval_fractions: list[Fraction] = Field(
-        [0.01, 0.25, 0.5, 0.75, 0.99],
-        description="projection fractions whose projected models are evaluated (a subset of those)")
+        [0.5], description="projection fractions whose projected models are evaluated (a subset of those): each adds "
+        "four models (useful and harmful, onto and complement)")
     subspace_n_eval_dsr: int = Field(
-        8, ge=1, description="harmful eval prompts (the first of the eval split) for the DSRs of this stage's "
-        "projection test (each of its ~24 models)")
+        50, ge=1, description="harmful eval prompts (the first of the eval split, all of it if n_eval is smaller) for "
+        "the DSRs of this stage's projection test (each of its 4 + 4 x len(subspace_eval_fractions) models)")
     subspace_n_survival: int = Field(
         50, ge=1, description="harmful eval prompts (the first of the eval split, all of it if n_eval is smaller) on "
         "which 07 compares each arm before and after its benign fine-tune (no attack and SCAV, paired)")
@@ -425,7 +425,7 @@ class Params(BaseModel):
 
     @model_validator(mode="after")
     def _eval_prompts_suffice(self, info: ValidationInfo) -> Params:
-        for key in ("n_attack", "n_prompt_attack", "subspace_n_eval_dsr"):  # each takes the first eval prompts
+        for key in ("n_attack", "n_prompt_attack"):  # each takes the first eval prompts
             _require(info, getattr(self, key) <= self.n_eval, f"{key} ({getattr(self, key)}) must not exceed n_eval "
                      f"({self.n_eval}): it takes the first eval prompts", key, "n_eval")
         return self

@@ -101,7 +101,6 @@ def test_null_screen_dtype_is_valid():
     ({}, {"n_eval": 4}, "override -o n_eval=4: n_attack (12) must not exceed n_eval (4)"),
     ({"n_attack": 10, "n_prompt_attack": 20}, {"n_eval": 10},
      "{file}, override -o n_eval=10: n_prompt_attack (20) must not exceed n_eval (10)"),
-    ({"subspace_n_eval_dsr": 130}, {}, "{file}: subspace_n_eval_dsr (130) must not exceed n_eval (100)"),
     ({"subspace_eval_fractions": [0.5, 0.3]}, {}, "{file}: subspace_eval_fractions [0.5, 0.3] must be a subset of "
      "subspace_projection_fractions [0.01, 0.25, 0.5, 0.75, 0.99]; [0.3] are not"),
     ({"srr_heads": 3}, {}, "{file}: srr_heads (3) must divide srr_hidden (64)"),
