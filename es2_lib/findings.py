@@ -15,7 +15,7 @@ p is the caller's (Holm-corrected where the notebook's table corrects).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.stats import binomtest, t
