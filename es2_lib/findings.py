@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-import numpy as np
-from scipy.stats import binomtest, t
+from scipy.stats import binomtest
 
 from . import stats
 
@@ -94,26 +93,11 @@ def share_above(flags: Sequence[bool], chance: float = 0.05, confidence: float =
 
 
 def mean_difference(differences: Sequence[float], confidence: float = 0.95) -> Estimate:
-    """The mean of paired differences with its t interval (unbounded for a single difference: it decides nothing)
-    and the Wilcoxon signed-rank p."""
-    x = np.asarray(differences, dtype=float)
-    if x.size == 0:
-        raise ValueError("mean_difference needs at least one difference")
-    half = (t.ppf(1 - (1 - confidence) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else np.inf
-    mean = float(x.mean())
-    return {"value": mean, "low": mean - half, "high": mean + half}, int(x.size), stats.signed_rank(x)["p"]
+    """The mean of paired differences with its t interval (`stats.t_interval`) and the Wilcoxon signed-rank p."""
+    return stats.t_interval(differences, confidence), len(differences), stats.signed_rank(differences)["p"]
 
 
 def flag_difference(reference: Sequence[bool], other: Sequence[bool], confidence: float = 0.95) -> Estimate:
-    """other − reference share of True on the same items and the exact McNemar p. The interval is exact and
-    conservative: the difference of the two discordant shares (only other True, only reference True), each bounded by
-    its Clopper–Pearson interval at confidence 1 − (1 − confidence) / 2, so it keeps its width when every pair ties
-    (a bootstrap would shrink to a point there)."""
-    if len(reference) != len(other) or not reference:
-        raise ValueError(f"flag_difference needs two equally long, non-empty lists, got {len(reference)} and {len(other)}")
-    each = 1 - (1 - confidence) / 2
-    gained = stats.exact_rate([b and not a for a, b in zip(reference, other)], each)
-    lost = stats.exact_rate([a and not b for a, b in zip(reference, other)], each)
-    estimate = {"value": gained["value"] - lost["value"], "low": gained["low"] - lost["high"],
-                "high": gained["high"] - lost["low"]}
-    return estimate, len(reference), stats.mcnemar_exact(reference, other)["p"]
+    """other − reference share of True on the same items (`stats.exact_paired_difference`) and the exact McNemar p."""
+    return (stats.exact_paired_difference(reference, other, confidence), len(reference),
+            stats.mcnemar_exact(reference, other)["p"])

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from . import probes
-from .stats import mcnemar_exact, mean_ci, paired_difference, signed_rank
+from .stats import exact_paired_difference, mcnemar_exact, mean_ci, signed_rank, t_interval
 from .srr_candidates import XSTEST, Lists, counts, mixed
 from .srr_ranker import RankerConfig, SafetyRanker, train_ranker
 
@@ -89,14 +89,13 @@ def pick_rates(flags: torch.Tensor, picker_scores: dict[str, torch.Tensor], rows
 def paired_tests(lists: Lists, picker_scores: dict[str, torch.Tensor], config: PickerConfig) -> list[dict]:
     """SRR against each baseline on the same lists, per measure (ranking accuracy on the mixed harmful test lists,
     DSR on every harmful test list, over-refusal on XSTest's): the paired difference srr − baseline of the picked
-    candidate's flag with its interval (`stats.paired_difference`; for "random", whose flag is an expected share, the
-    mean difference with a bootstrap interval), how many lists only SRR's pick has the flag for and how many only
-    the baseline's, and the p-value (exact McNemar; for "random" the Wilcoxon signed-rank test)."""
+    candidate's flag with its exact interval (`stats.exact_paired_difference`; for "random", whose flag is an
+    expected share, the mean difference with its t interval), how many lists only SRR's pick has the flag for and
+    how many only the baseline's, and the p-value (exact McNemar; for "random" the Wilcoxon signed-rank test)."""
     measures = {"ranking_accuracy": (lists.safe, lists.where("test", harmful=True) & mixed(lists)),
                 "dsr": (lists.refused, lists.where("test", harmful=True))}
     if XSTEST in lists.source:
         measures["over_refusal"] = (lists.refused, lists.where(source=XSTEST))
-    ci = dict(samples=config.bootstrap_samples, confidence=config.confidence, seed=config.seed)
     out = []
     for measure, (flags, rows) in measures.items():
         if not rows.any():
@@ -106,11 +105,11 @@ def paired_tests(lists: Lists, picker_scores: dict[str, torch.Tensor], config: P
             other = picked(flags, picker_scores, baseline, rows)
             d = (srr - other).tolist()
             if baseline == "random":
-                diff, test = mean_ci(d, **ci), signed_rank(d)
+                diff, test = t_interval(d, config.confidence), signed_rank(d)
                 counts = {"srr_only": test["higher"], "baseline_only": test["lower"]}
             else:
                 a, b = other.bool().tolist(), srr.bool().tolist()
-                diff, test = paired_difference(a, b, **ci), mcnemar_exact(a, b)
+                diff, test = exact_paired_difference(a, b, config.confidence), mcnemar_exact(a, b)
                 counts = {"srr_only": test["b_only"], "baseline_only": test["a_only"]}
             out.append({"measure": measure, "baseline": baseline, "n": int(rows.sum()), "srr": float(srr.mean()),
                         "baseline_rate": float(other.mean()), "difference": {k: diff[k] for k in ("value", "low", "high")},

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import beta, binomtest, wilcoxon
+from scipy.stats import beta, binomtest, t, wilcoxon
 
 
 def _quantiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -62,6 +62,29 @@ def paired_difference(
     low, high = _quantiles((counts[:, 2] - counts[:, 0]) / n, confidence)
     return {"value": float(d.mean()), "low": low, "high": high, "n": int(n),
             "gained": int((d == 1).sum()), "lost": int((d == -1).sum())}
+
+
+def exact_paired_difference(a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95) -> dict:
+    """b − a share of True on the same items with an exact, conservative interval: the difference of the two
+    discordant shares (only b True, only a True), each bounded by its Clopper–Pearson interval at confidence
+    1 − (1 − confidence) / 2, so it keeps its width when every pair ties (a bootstrap shrinks to a point there)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"exact_paired_difference needs two equally long, non-empty lists, got {len(a)} and {len(b)}")
+    each = 1 - (1 - confidence) / 2
+    gained = exact_rate([y and not x for x, y in zip(a, b)], each)
+    lost = exact_rate([x and not y for x, y in zip(a, b)], each)
+    return {"value": gained["value"] - lost["value"], "low": gained["low"] - lost["high"],
+            "high": gained["high"] - lost["low"], "n": len(a)}
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean with its Student t interval: {value, low, high, n}; unbounded for a single value (it decides nothing)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("t_interval needs at least one value")
+    half = (t.ppf(1 - (1 - confidence) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else np.inf
+    mean = float(x.mean())
+    return {"value": mean, "low": mean - half, "high": mean + half, "n": int(x.size)}
 
 
 def exact_rate(flags: Sequence[bool], confidence: float = 0.95) -> dict:

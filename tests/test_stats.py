@@ -90,3 +90,18 @@ def test_agreement_counts_precision_recall_and_accuracy_with_exact_intervals():
     assert got["precision"]["value"] == 0.75 and got["recall"]["value"] == 0.75 and got["accuracy"]["value"] == 0.75
     assert got["accuracy"]["low"] == pytest.approx(stats.exact_rate([True] * 6 + [False] * 2)["low"])
     assert stats.agreement([False, False], [False, True])["precision"] is None  # nothing predicted positive
+
+
+def test_exact_paired_difference_keeps_its_width_when_every_pair_ties():
+    ties = stats.exact_paired_difference([True, False] * 4, [True, False] * 4)
+    assert ties["value"] == 0 and ties["low"] < -0.4 and ties["high"] > 0.4 and ties["n"] == 8
+    lost = stats.exact_paired_difference([True] * 40, [True] * 10 + [False] * 30)  # 30 of 40 lost
+    assert lost["value"] == -0.75 and -0.92 < lost["low"] < lost["high"] < -0.4
+    with pytest.raises(ValueError, match="equally long"):
+        stats.exact_paired_difference([True], [])
+
+
+def test_t_interval_narrows_with_n_and_is_unbounded_for_one_value():
+    small, large = stats.t_interval([0.1, 0.3, 0.2]), stats.t_interval([0.1, 0.3, 0.2] * 10)
+    assert small["low"] < large["low"] < 0.2 < large["high"] < small["high"]
+    assert stats.t_interval([0.5])["high"] == float("inf")
