@@ -84,6 +84,7 @@ def decide(paper: str, claim: str, measure: str, rule: str, estimated: Estimate,
     value = sign * estimate["value"]
     return Finding(paper, claim, measure, value, low, high, int(n), float(p), RULES[rule](value, low, high, p, margin))
 
+
 def share_above(flags: Sequence[bool], chance: float = 0.05, confidence: float = 0.95) -> Estimate:
     """How far the share of True (e.g. matrices whose overlap exceeds random's 95th percentile) lies above the share
     `chance` expects: the exact interval shifted by `chance`, and the one-sided exact binomial p."""
